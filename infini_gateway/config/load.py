@@ -1,0 +1,240 @@
+"""
+gateway.yml -> L{GatewayConfig}.
+
+Loading is three passes over the YAML document: the structure (types,
+unknown keys, required keys, ranges) against the JSON Schema of
+L{infini_gateway.config.schema}; then the meaning (durations, addresses,
+unique names, references, conflicting keys) in L{infini_gateway.config._check};
+and only when both found nothing, the conversion into the frozen values of
+L{infini_gateway.config.model}.  Every problem found is reported, once, as
+C{FILE:LINE: KEY.PATH: what was expected}, in file order.
+"""
+
+import os
+from typing import Any, List, Mapping, Sequence, Tuple, Union
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from infini_gateway.config import _check
+from infini_gateway.config._document import Document, report_duplicate_keys
+from infini_gateway.config._errors import translate
+from infini_gateway.config._yaml import LineMap, load_yaml, plain
+from infini_gateway.config.model import (
+    Entry,
+    EntryTLS,
+    FilterSpec,
+    FlowConfig,
+    GatewayConfig,
+    Network,
+    Paths,
+    RouterConfig,
+    Rule,
+)
+from infini_gateway.config.values import got, parse_binding, parse_duration
+from infini_gateway.filters import filter_names
+
+Path = Tuple[Any, ...]
+
+_TOP_LEVEL = "path, entry, router, flow"
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used.
+
+    @ivar problems: one message per problem, C{FILE:LINE: KEY.PATH: what was
+        expected}; C{str()} of the error is these joined by newlines.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: List[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+def _structure(doc: Document, names: Sequence[str]) -> None:
+    # Imported here, not at the top: "python -m infini_gateway.config.schema"
+    # must find the module not yet imported by this package.
+    from infini_gateway.config.schema import build_schema
+
+    validator = Draft202012Validator(build_schema())
+    for error in validator.iter_errors(doc.data):
+        for path, text in translate(error, names):
+            doc.problem(path, text)
+
+
+def _one_or_many(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _filter_spec(doc: Document, path: Path, item: Mapping[str, Any]) -> FilterSpec:
+    ((name, params),) = item.items()
+    return FilterSpec(
+        name=name,
+        params=plain(params),
+        where=doc.where(path + (name,)),
+    )
+
+
+def _build(doc: Document, base_dir: str) -> GatewayConfig:
+    data = doc.data
+    paths = data.get("path", {})
+    entries = []
+    for entry in data.get("entry", ()):
+        network = entry["network"]
+        if "binding" in network:
+            host, port = parse_binding(network["binding"])
+        else:
+            host, port = network.get("host", "0.0.0.0"), network["port"]
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+        tls = entry.get("tls", {})
+        entries.append(
+            Entry(
+                name=entry["name"],
+                enabled=entry.get("enabled", True),
+                router=entry.get("router", "default"),
+                max_concurrency=entry.get("max_concurrency", 10000),
+                idle_timeout=parse_duration(entry.get("idle_timeout", 30.0)),
+                network=Network(
+                    host=host,
+                    port=port,
+                    publish=network.get("publish"),
+                    reuse_port=network.get("reuse_port", False),
+                    skip_occupied_port=network.get("skip_occupied_port", False),
+                ),
+                tls=EntryTLS(
+                    enabled=tls.get("enabled", False),
+                    cert_file=tls.get("cert_file"),
+                    key_file=tls.get("key_file"),
+                    skip_insecure_verify=tls.get("skip_insecure_verify", False),
+                ),
+            )
+        )
+    routers = tuple(
+        RouterConfig(
+            name=router["name"],
+            default_flow=router.get("default_flow"),
+            tracing_flow=router.get("tracing_flow"),
+            rules=tuple(
+                Rule(
+                    methods=_one_or_many(rule.get("method", "*")),
+                    patterns=_one_or_many(rule["pattern"]),
+                    flows=_one_or_many(rule["flow"]),
+                )
+                for rule in router.get("rules", ())
+            ),
+        )
+        for router in data.get("router", ())
+    )
+    flows = tuple(
+        FlowConfig(
+            name=flow["name"],
+            filters=tuple(
+                _filter_spec(doc, ("flow", i, "filter", j), item)
+                for j, item in enumerate(flow.get("filter", ()))
+            ),
+        )
+        for i, flow in enumerate(data.get("flow", ()))
+    )
+    return GatewayConfig(
+        source=doc.source,
+        base_dir=base_dir,
+        paths=Paths(**{key: paths[key] for key in ("data", "logs") if key in paths}),
+        entries=tuple(entries),
+        routers=routers,
+        flows=flows,
+    )
+
+
+def _null_params_as_empty(data: Mapping[str, Any]) -> None:
+    # "- drop:" means the filter with no parameters: validate it as {} so a
+    # filter with required parameters says which are missing.
+    flows = data.get("flow")
+    for flow in flows if isinstance(flows, list) else ():
+        items = flow.get("filter") if isinstance(flow, dict) else None
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and len(item) == 1:
+                ((name, params),) = item.items()
+                if params is None:
+                    empty = LineMap()
+                    empty.line = getattr(item, "line", 0)
+                    item[name] = empty if isinstance(item, LineMap) else {}
+
+
+def _validate(doc: Document, base_dir: str) -> GatewayConfig:
+    data = doc.data
+    if not isinstance(data, dict):
+        doc.problem(
+            (), f"expected a mapping of top-level keys ({_TOP_LEVEL}), got {got(data)}"
+        )
+        raise ConfigError(doc.problems())
+    names = filter_names()
+    report_duplicate_keys(doc)
+    _null_params_as_empty(data)
+    _structure(doc, names)
+    _check.check(doc)
+    problems = doc.problems()
+    if problems:
+        raise ConfigError(problems)
+    return _build(doc, base_dir)
+
+
+def config_from_dict(
+    data: Mapping[str, Any], source: str = "<dict>", base_dir: str = "."
+) -> GatewayConfig:
+    """
+    Validate a configuration built in code, as L{load_config} validates a
+    file (messages have no line numbers).
+
+    @raise ConfigError: listing every problem found.
+    """
+    return _validate(Document(source, plain(data)), base_dir)
+
+
+def load_config(path: Union[str, "os.PathLike[str]"]) -> GatewayConfig:
+    """
+    Read and validate a gateway.yml.
+
+    @param path: the file; messages name it as given, and relative paths in
+        it are resolved against its directory (C{GatewayConfig.base_dir}).
+    @raise ConfigError: listing every problem found.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(
+            [f"{source}: cannot read the file: {e.strerror or e}"]
+        ) from None
+    try:
+        data, line = load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([_yaml_problem(source, e)]) from None
+    if data is None:
+        raise ConfigError(
+            [
+                f"{source}: the file is empty"
+                f" (expected a mapping of top-level keys: {_TOP_LEVEL})"
+            ]
+        )
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return _validate(Document(source, data, line), base_dir)
+
+
+def _yaml_problem(source: str, error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    if problem is None:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        text = problem + (f" ({context})" if context else "")
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    return f"{where}: invalid YAML: {text}"

@@ -1,0 +1,357 @@
+"""
+The JSON Schema of gateway.yml (draft 2020-12).
+
+L{build_schema} builds it from the base structure below and the parameter
+schema of every registered filter, so a new filter is known to the loader at
+once.  The shipped C{gateway.schema.json}, for editors, is this module's
+output; regenerate it after adding or changing a filter::
+
+    python -m infini_gateway.config.schema > infini_gateway/config/gateway.schema.json
+
+Besides the standard keywords, some schemas carry C{errorMessage} (an
+extension editors such as VS Code show instead of their own wording): the
+loader uses it too, as the "expected ..." part of its messages.
+"""
+
+import copy
+import inspect
+import json
+import sys
+from typing import Any, Dict, Mapping, Optional
+
+from jsonschema import Draft202012Validator
+
+from infini_gateway.config.model import HTTP_METHODS
+from infini_gateway.config.values import (
+    BINDING_EXPECTED,
+    DURATION_EXPECTED,
+    FILTER_ITEM_EXPECTED,
+)
+from infini_gateway.filters import filter_class, filter_schemas
+
+SCHEMA_ID = "urn:infini-gateway:gateway.schema.json"
+SCHEMA_FILE = "gateway.schema.json"
+
+Schema = Dict[str, Any]
+
+
+def _string(title: str, description: str, **extra: Any) -> Schema:
+    return {"title": title, "description": description, "type": "string", **extra}
+
+
+def _boolean(title: str, description: str) -> Schema:
+    return {"title": title, "description": description, "type": "boolean"}
+
+
+def _one_or_list(title: str, description: str, item: Schema, expected: str) -> Schema:
+    return {
+        "title": title,
+        "description": description,
+        "errorMessage": expected,
+        "anyOf": [item, {"type": "array", "items": item, "minItems": 1}],
+    }
+
+
+def _duration(title: str, description: str) -> Schema:
+    return {
+        "title": title,
+        "description": description
+        + " Written 500ms, 3s, 1m or 1h; a number is seconds.",
+        "type": ["string", "number"],
+        "errorMessage": DURATION_EXPECTED,
+    }
+
+
+def _name(what: str) -> Schema:
+    return _string("name", f"The {what}'s name, unique among {what}s.", minLength=1)
+
+
+def _paths() -> Schema:
+    return {
+        "title": "path",
+        "description": "Where the gateway keeps its files,"
+        " relative to this file's directory.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "data": _string(
+                "data", "Generated data, such as self-signed certificates.", minLength=1
+            ),
+            "logs": _string("logs", "Log files.", minLength=1),
+        },
+    }
+
+
+def _network() -> Schema:
+    return {
+        "title": "network",
+        "description": "Where the entry listens: binding, or host and port.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "binding": _string(
+                "binding",
+                "HOST:PORT to listen on, such as 0.0.0.0:8000 or [::]:8000.",
+                errorMessage=BINDING_EXPECTED,
+            ),
+            "host": _string(
+                "host",
+                "The address to listen on (instead of binding; default 0.0.0.0).",
+                minLength=1,
+            ),
+            "port": {
+                "title": "port",
+                "description": "The port to listen on (instead of binding);"
+                " 0 picks a free one.",
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 65535,
+            },
+            "publish": _string(
+                "publish",
+                "HOST:PORT the entry is reached at from outside, when it differs.",
+                errorMessage=BINDING_EXPECTED,
+            ),
+            "reuse_port": _boolean(
+                "reuse_port",
+                "Share the port with other processes (SO_REUSEPORT).",
+            ),
+            "skip_occupied_port": _boolean(
+                "skip_occupied_port",
+                "When the port is taken, try the next ones instead of failing.",
+            ),
+        },
+    }
+
+
+def _entry_tls() -> Schema:
+    return {
+        "title": "tls",
+        "description": "TLS on this entry: the files given, or a self-signed "
+        "certificate generated under path.data.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "enabled": _boolean("enabled", "Serve TLS on this entry."),
+            "cert_file": _string("cert_file", "PEM certificate (chain).", minLength=1),
+            "key_file": _string(
+                "key_file", "PEM private key of cert_file.", minLength=1
+            ),
+            "skip_insecure_verify": _boolean(
+                "skip_insecure_verify", "Do not verify client certificates."
+            ),
+        },
+    }
+
+
+def _entry() -> Schema:
+    return {
+        "title": "entry",
+        "description": "A listener:"
+        " network -> accept policy -> optional TLS -> router.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "network"],
+        "properties": {
+            "name": _name("entry"),
+            "enabled": _boolean("enabled", "Listen on this entry (default true)."),
+            "router": _string(
+                "router",
+                'The router serving this entry (default "default").',
+                minLength=1,
+            ),
+            "max_concurrency": {
+                "title": "max_concurrency",
+                "description": "Connections served at once; more are closed on accept.",
+                "type": "integer",
+                "minimum": 1,
+            },
+            "idle_timeout": _duration(
+                "idle_timeout",
+                "Idle keep-alive connections are closed after this long (default 30s).",
+            ),
+            "network": _network(),
+            "tls": _entry_tls(),
+        },
+    }
+
+
+def _rule() -> Schema:
+    method = {
+        "type": "string",
+        "enum": list(HTTP_METHODS) + ["*"],
+        "errorMessage": "an HTTP method (" + ", ".join(HTTP_METHODS) + " or *)",
+    }
+    pattern = {
+        "type": "string",
+        "pattern": "^/",
+        "errorMessage": "a path pattern beginning with /",
+    }
+    flow = {"type": "string", "minLength": 1}
+    return {
+        "title": "rule",
+        "description": "Requests with one of these methods on one of these "
+        "patterns run these flows, in order.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["pattern", "flow"],
+        "properties": {
+            "method": _one_or_list(
+                "method",
+                'HTTP methods matched, "*" for any (the default).',
+                method,
+                "an HTTP method or a list of them",
+            ),
+            "pattern": _one_or_list(
+                "pattern",
+                "Path patterns matched, such as /_bulk or /{index_name}/_bulk.",
+                pattern,
+                "a path pattern or a list of them",
+            ),
+            "flow": _one_or_list(
+                "flow", "Names of the flows run.", flow, "a flow name or a list of them"
+            ),
+        },
+    }
+
+
+def _router() -> Schema:
+    return {
+        "title": "router",
+        "description": "Picks the flows for each request of the entries using it.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": _name("router"),
+            "default_flow": _string(
+                "default_flow", "The flow for requests no rule matches.", minLength=1
+            ),
+            "tracing_flow": _string(
+                "tracing_flow", "A flow run after each request, detached.", minLength=1
+            ),
+            "rules": {
+                "title": "rules",
+                "description": "Tried in order for each request.",
+                "type": "array",
+                "items": _rule(),
+            },
+        },
+    }
+
+
+def _filter_description(name: str, params: Mapping[str, Any]) -> str:
+    if "description" in params:
+        return str(params["description"])
+    cls = filter_class(name)
+    doc = getattr(cls, "__doc__", None)
+    if not doc and cls is not None:
+        doc = getattr(sys.modules.get(cls.__module__), "__doc__", None)
+    doc = inspect.cleandoc(doc) if doc else f"The {name} filter."
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def _filter_params(name: str, params: Mapping[str, Any]) -> Schema:
+    """
+    The schema of one filter's value: its parameters, or nothing (null) when
+    the filter takes no required parameter, since null stands for C{{}}.
+    """
+    params = copy.deepcopy(dict(params))
+    described = {"title": name, "description": _filter_description(name, params)}
+    if Draft202012Validator(params).is_valid({}):
+        return {
+            **described,
+            "errorMessage": "a mapping of the filter's parameters, or nothing",
+            "anyOf": [{"type": "null"}, params],
+        }
+    return {**described, "allOf": [params]}
+
+
+def _filter_item(filters: Mapping[str, Schema]) -> Schema:
+    return {
+        "title": "filter",
+        "description": "One filter: its name as the only key, its parameters as "
+        "the value (nothing for none).",
+        "type": "object",
+        "errorMessage": FILTER_ITEM_EXPECTED,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            name: _filter_params(name, params) for name, params in filters.items()
+        },
+    }
+
+
+def _flow(filters: Mapping[str, Schema]) -> Schema:
+    return {
+        "title": "flow",
+        "description": "A named list of filters, run in order over each request.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": _name("flow"),
+            "filter": {
+                "title": "filter",
+                "description": "The filters, in order.",
+                "type": "array",
+                "items": _filter_item(filters),
+            },
+        },
+    }
+
+
+def build_schema(filters: Optional[Mapping[str, Schema]] = None) -> Schema:
+    """
+    The schema of gateway.yml.
+
+    @param filters: each filter's parameter schema by name; by default, the
+        filters registered now (L{infini_gateway.filters.filter_schemas}).
+    """
+    if filters is None:
+        filters = filter_schemas()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "infini-gateway configuration (gateway.yml)",
+        "description": "Entries listen, routers pick flows, flows run filters.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "path": _paths(),
+            "entry": {
+                "title": "entry",
+                "description": "The listeners.",
+                "type": "array",
+                "items": _entry(),
+            },
+            "router": {
+                "title": "router",
+                "description": "The routers entries use.",
+                "type": "array",
+                "items": _router(),
+            },
+            "flow": {
+                "title": "flow",
+                "description": "The flows routers run.",
+                "type": "array",
+                "items": _flow(filters),
+            },
+        },
+    }
+
+
+def schema_text(schema: Optional[Schema] = None) -> str:
+    """The schema as the shipped file holds it."""
+    if schema is None:
+        schema = build_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    sys.stdout.write(schema_text())
+
+
+if __name__ == "__main__":
+    main()

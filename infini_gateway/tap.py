@@ -1,0 +1,136 @@
+"""
+twistd's view of the gateway: ``twistd -n infini-gateway --config gateway.yml``.
+
+The configuration is loaded and validated while the options are parsed, so
+an invalid file stops twistd before anything binds, with one message per
+problem.  ``--check`` stops there too, after printing what would listen.
+"""
+
+import signal
+import sys
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from infini_gateway.config import ConfigError, load_config
+from infini_gateway.config.model import GatewayConfig
+from infini_gateway.entry import EntryBindError
+from infini_gateway.flow import build_flows
+from infini_gateway.service import GatewayService, Runtime
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "--config gateway.yml [--check]"
+    longdesc = (
+        "Run infini-gateway: the entries, routers and flows of gateway.yml. "
+        "With --check, validate the configuration, print what would listen, "
+        "and exit 0 (valid) or 1 (invalid) without binding anything."
+    )
+    optParameters = [
+        ["config", "c", "gateway.yml", "The configuration file."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the configuration and exit without binding."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            config = load_config(self["config"])
+            # Filters check what a schema cannot (regular expressions, say).
+            build_flows(config.flows, Runtime(None, config))
+        except ConfigError as e:
+            _fail(str(e))
+        self["gateway_config"] = config
+        if self["check"]:
+            sys.exit(check(config))
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+    sys.exit(1)
+
+
+def describe(config: GatewayConfig) -> str:
+    """What the gateway would listen on, one line an entry."""
+    lines = [f"{config.source}: configuration is valid"]
+    for entry in config.entries:
+        scheme = "https" if entry.tls.enabled else "http"
+        state = "would listen on" if entry.enabled else "is disabled:"
+        extras = []
+        if entry.network.publish:
+            extras.append(f"published as {entry.network.publish}")
+        if entry.network.reuse_port:
+            extras.append("reuse_port")
+        if entry.network.skip_occupied_port:
+            extras.append("skip_occupied_port")
+        if entry.tls.enabled and not entry.tls.cert_file:
+            extras.append(f"certificate generated under {config.paths.data}/tls")
+        extra = f" ({', '.join(extras)})" if extras else ""
+        lines.append(
+            f"entry {entry.name!r} {state} {scheme}://{entry.network.binding}"
+            f" -> router {entry.router!r}{extra}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def check(config: GatewayConfig) -> int:
+    """
+    Validate what the loader cannot see without reading other files (the
+    configured certificates), print what would listen; 0 if all is well.
+    """
+    from infini_gateway.tls import TLSConfigError, server_options
+
+    runtime = Runtime(None, config)
+    problems = []
+    for entry in config.entries:
+        if entry.enabled and entry.tls.enabled and entry.tls.cert_file:
+            try:
+                server_options(entry, runtime.resolve(config.paths.data), config.base_dir)
+            except TLSConfigError as e:
+                problems.append(f"{config.source}: entry {entry.name!r}: {e}")
+    if problems:
+        sys.stderr.write("\n".join(problems) + "\n")
+        return 1
+    sys.stdout.write(describe(config))
+    return 0
+
+
+class _TwistdGatewayService(GatewayService):
+    """
+    The gateway as twistd runs it: a listener or certificate problem ends
+    the process with its message, and SIGTERM / SIGINT stop it with exit
+    status 0 (twistd would re-raise the signal after shutting down, so that
+    the process dies of it, which service managers report as a failure).
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        # After the reactor has installed its own handlers, which replace ours.
+        self.reactor.callWhenRunning(self._handle_signals)
+
+    def _handle_signals(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._stop_on_signal)
+
+    def _stop_on_signal(self, number, frame) -> None:
+        log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
+        self.reactor.callFromThread(self.reactor.stop)
+
+    def privilegedStartService(self) -> None:
+        from infini_gateway.tls import TLSConfigError
+
+        try:
+            super().privilegedStartService()
+        except (EntryBindError, TLSConfigError) as e:
+            for service in list(self):
+                service.stopService()
+            _fail(f"infini-gateway: {e}")
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> GatewayService:
+    config = options.get("gateway_config") or load_config(options["config"])
+    return _TwistdGatewayService(config, reactor)
