@@ -84,6 +84,10 @@ class RequestContext:
     @ivar stopped: a filter answered; no further filter runs.
     @ivar flow: the name of the flow now running, for logs and errors.
     @ivar filter: the name of the filter now running.
+    @ivar started: when the router took the request (reactor seconds).
+    @ivar rule: a description of the router rule that matched (None for
+        the default flow or no match), for the tracing flow and logs.
+    @ivar flow_name: the name of the flow (or flows) the router chose.
     """
 
     def __init__(
@@ -99,6 +103,9 @@ class RequestContext:
         self.stopped = False
         self.flow: Optional[str] = None
         self.filter: Optional[str] = None
+        self.started: float = reactor.seconds() if reactor is not None else 0.0
+        self.rule: Optional[str] = None
+        self.flow_name: Optional[str] = None
 
     @property
     def method(self) -> str:

@@ -34,11 +34,20 @@ class Router(Resource):
     isLeaf = True
 
     def __init__(
-        self, config: RouterConfig, flows: Mapping[str, Flow], reactor: Any
+        self,
+        config: RouterConfig,
+        flows: Mapping[str, Flow],
+        reactor: Any,
+        tracer: Any = None,
     ) -> None:
+        """
+        @param tracer: if given, its C{trace(ctx)} is called once each
+            request's response has been sent (or the client went away).
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.tracer = tracer
         # path -> [(methods or None for any, flow)], in configuration order.
         self._exact: Dict[str, List[Tuple[Optional[frozenset], Flow]]] = {}
         for rule in config.rules:
@@ -62,8 +71,11 @@ class Router(Resource):
 
     def render(self, request):
         ctx = RequestContext(request, self.reactor)
+        if self.tracer is not None:
+            request.notifyFinish().addBoth(lambda _: self.tracer.trace(ctx))
         path = route_path(request)
         flow = self.match(ctx.method, path)
+        ctx.flow_name = flow.name if flow is not None else None
         if flow is None:
             document = {"error": "no route", "method": ctx.method, "path": path}
             _write(request, 404, [], [json_body(document)], json=True)
