@@ -2,8 +2,9 @@
 Entries: one listening socket each.
 
 The layers, outermost first: the TCP port (SO_REUSEPORT, or the next free
-port when the configured one is taken) -> L{AcceptPolicy} (connection limit)
--> TLS (optional) -> the twisted.web Site whose root is the entry's router.
+port when the configured one is taken) -> L{AcceptPolicy} (client address
+deny / permit lists, connection limit) -> TLS (optional) -> the twisted.web
+Site whose root is the entry's router.
 """
 
 import errno
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
-from infini_gateway.config.model import Entry, Network
+from infini_gateway.config.model import ClientIPAccess, Entry, Network
 from infini_gateway.policy import AcceptPolicy, OverloadedFactory
 
 log = Logger()
@@ -113,6 +114,7 @@ class EntryService(Service):
 
     @ivar port: the listening port, while listening.
     @ivar policy: the entry's L{AcceptPolicy} (connection counts).
+    @ivar access: the client addresses accepted (its router's), or None.
     """
 
     def __init__(
@@ -121,12 +123,14 @@ class EntryService(Service):
         site: Site,
         reactor: Any,
         tls_options: Optional[Callable[[], Any]] = None,
+        access: Optional[ClientIPAccess] = None,
     ) -> None:
         self.entry = entry
         self.name = f"entry:{entry.name}"
         self.site = site
         self.reactor = reactor
         self._tls_options = tls_options
+        self.access = access
         self.port: Optional[IListeningPort] = None
         self.policy: Optional[AcceptPolicy] = None
 
@@ -147,7 +151,14 @@ class EntryService(Service):
             options = self._tls_options()
             inner = TLSMemoryBIOFactory(options, False, inner)
             overflow = TLSMemoryBIOFactory(options, False, overflow)
-        self.policy = AcceptPolicy(inner, self.entry.max_concurrency, overflow)
+        self.policy = AcceptPolicy(
+            inner,
+            self.entry.max_concurrency,
+            overflow,
+            access=self.access,
+            clock=self.reactor,
+            name=self.entry.name,
+        )
 
     def bind(self) -> None:
         """Start listening; raises L{EntryBindError} with a clear message."""

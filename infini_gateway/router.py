@@ -2,11 +2,15 @@
 The router: a twisted.web Resource that picks the flows for each request,
 runs them, and writes the answer.
 
-Rules match on method and path; a request that matches no rule runs the
-router's C{default_flow}, or gets a 404 with a JSON body when there is none.
+Rules match on host, path pattern and method (see L{infini_gateway.pattern}
+for the syntax and the precedence); the variables a pattern captures go to
+C{ctx.vars}.  A request that matches no rule runs the router's
+C{default_flow}, or gets a 404 with a JSON body when there is none.  A path
+with a C{.} or C{..} segment, or a NUL character, gets a 400 with a JSON
+body and is never routed.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -17,10 +21,28 @@ from twisted.web.server import NOT_DONE_YET
 from infini_gateway.config.model import RouterConfig
 from infini_gateway.context import RequestContext, json_body
 from infini_gateway.flow import FilterFailed, Flow
+from infini_gateway.pattern import (
+    RouteTable,
+    compile_pattern,
+    normalise_host,
+    request_host,
+    split_path,
+    unsafe_segment,
+)
 
 log = Logger()
 
-_ANY = "*"
+
+class RouteMatch(NamedTuple):
+    """
+    What the router chose for a request.
+
+    @ivar rule: C{"rules[2] GET /user/{user}"}, or None for the default flow.
+    """
+
+    flow: Flow
+    vars: Dict[str, str]
+    rule: Optional[str] = None
 
 
 class Router(Resource):
@@ -43,43 +65,79 @@ class Router(Resource):
         """
         @param tracer: if given, its C{trace(ctx)} is called once each
             request's response has been sent (or the client went away).
+        @raise ValueError: a pattern or host does not compile, or two rules
+            conflict (the configuration loader reports these first, with
+            their lines).
         """
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.tracer = tracer
-        # path -> [(methods or None for any, flow)], in configuration order.
-        self._exact: Dict[str, List[Tuple[Optional[frozenset], Flow]]] = {}
-        for rule in config.rules:
+        self._table = RouteTable()
+        for index, rule in enumerate(config.rules):
             flow = Flow.chain(flows[name] for name in rule.flows)
-            methods = None if _ANY in rule.methods else frozenset(rule.methods)
-            for pattern in rule.patterns:
-                self._exact.setdefault(pattern, []).append((methods, flow))
-        for candidates in self._exact.values():
-            # A rule naming the method beats one that takes any method.
-            candidates.sort(key=lambda c: c[0] is None)
+            hosts = [normalise_host(host) for host in rule.hosts]
+            for text in rule.patterns:
+                pattern = compile_pattern(text)
+                label = f"rules[{index}] {','.join(rule.methods)} {text}"
+                conflicts = self._table.add(pattern, rule.methods, (flow, label), hosts)
+                if conflicts:
+                    other = conflicts[0].existing
+                    raise ValueError(
+                        f"router {config.name!r}: {label} overlaps {other.value[1]}"
+                        f" for {conflicts[0].method}"
+                    )
         self.default_flow = (
             flows[config.default_flow] if config.default_flow is not None else None
         )
 
-    def match(self, method: str, path: str) -> Optional[Flow]:
-        """The flow for C{method} on C{path}, or None."""
-        for methods, flow in self._exact.get(path, ()):
-            if methods is None or method in methods:
-                return flow
-        return self.default_flow
+    def match(
+        self,
+        method: str,
+        path: Union[str, Sequence[str]],
+        host: str = "",
+    ) -> Optional[RouteMatch]:
+        """
+        The flow for a request, the variables captured, and the rule.
+
+        @param path: C{"/user/gordon"}, or its percent-decoded segments
+            (C{["user", "gordon"]}).
+        @param host: the Host header's name (any case, no port).
+        @return: the match, the default flow (no variables) when no rule
+            matches, or None when there is no default flow either.
+        """
+        segments = split_path(path) if isinstance(path, str) else path
+        found = self._table.lookup(method, segments, host.lower())
+        if found is not None:
+            flow, label = found.route.value
+            return RouteMatch(flow, found.vars, label)
+        if self.default_flow is not None:
+            return RouteMatch(self.default_flow, {})
+        return None
 
     def render(self, request):
         ctx = RequestContext(request, self.reactor)
         if self.tracer is not None:
             request.notifyFinish().addBoth(lambda _: self.tracer.trace(ctx))
-        path = route_path(request)
-        flow = self.match(ctx.method, path)
-        ctx.flow_name = flow.name if flow is not None else None
-        if flow is None:
+        segments = route_segments(request)
+        if unsafe_segment(segments) is not None:
+            document = {
+                "error": "bad path",
+                "reason": "a '.' or '..' segment, or a NUL character",
+                "path": ctx.path,
+            }
+            _write(request, 400, [], [json_body(document)], json=True)
+            return NOT_DONE_YET
+        found = self.match(ctx.method, segments, request_host(request.getHeader(b"host")))
+        if found is None:
+            path = "/" + "/".join(segments)
             document = {"error": "no route", "method": ctx.method, "path": path}
             _write(request, 404, [], [json_body(document)], json=True)
             return NOT_DONE_YET
+        flow = found.flow
+        ctx.vars = found.vars
+        ctx.rule = found.rule
+        ctx.flow_name = flow.name
 
         finished = []
         d = flow.run(ctx)
@@ -126,14 +184,20 @@ class Router(Resource):
         return NOT_DONE_YET
 
 
+def route_segments(request) -> list:
+    """
+    The path's segments below the point where the router is mounted (the
+    whole path for a Site's root), each percent-decoded on its own: an
+    encoded C{/} stays inside its segment.
+    """
+    segments = [segment.decode("utf-8", "surrogateescape") for segment in request.postpath]
+    # Mounted at /api, a request for /api itself is the router's "/".
+    return segments or [""]
+
+
 def route_path(request) -> str:
-    """
-    The path below the point where the router is mounted (the whole path
-    for a Site's root), each segment percent-decoded.
-    """
-    return "/" + "/".join(
-        segment.decode("utf-8", "surrogateescape") for segment in request.postpath
-    )
+    """L{route_segments} joined back into a path, for messages."""
+    return "/" + "/".join(route_segments(request))
 
 
 def _write(request, status, headers, body, json: bool = False) -> None:

@@ -43,6 +43,12 @@ class Options(usage.Options):
             build_flows(config.flows, Runtime(None, config))
         except ConfigError as e:
             _fail(str(e))
+        if config.floating_ip.enabled and not self["check"]:
+            from infini_gateway.floating_ip import capability_problem
+
+            problem = capability_problem()
+            if problem is not None:
+                _fail(f"infini-gateway: {problem}")
         self["gateway_config"] = config
         if self["check"]:
             sys.exit(check(config))
@@ -92,10 +98,16 @@ def check(config: GatewayConfig) -> int:
                 server_options(entry, runtime.resolve(config.paths.data), config.base_dir)
             except TLSConfigError as e:
                 problems.append(f"{config.source}: entry {entry.name!r}: {e}")
+    floating_ip: list = []
+    if config.floating_ip.enabled:
+        from infini_gateway.floating_ip import check_config
+
+        floating_ip, floating_ip_problems = check_config(config)
+        problems += floating_ip_problems
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return 1
-    sys.stdout.write(describe(config))
+    sys.stdout.write(describe(config) + "".join(line + "\n" for line in floating_ip))
     return 0
 
 
@@ -121,11 +133,12 @@ class _TwistdGatewayService(GatewayService):
         self.reactor.callFromThread(self.reactor.stop)
 
     def privilegedStartService(self) -> None:
+        from infini_gateway.floating_ip import FloatingIPError
         from infini_gateway.tls import TLSConfigError
 
         try:
             super().privilegedStartService()
-        except (EntryBindError, TLSConfigError) as e:
+        except (EntryBindError, TLSConfigError, FloatingIPError) as e:
             for service in list(self):
                 service.stopService()
             _fail(f"infini-gateway: {e}")

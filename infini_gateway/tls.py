@@ -205,8 +205,31 @@ def _load_given(
         raise TLSConfigError(f"{where}: tls.cert_file is set but tls.key_file is not")
     cert_path = _resolve(tls.cert_file, base_dir)
     key_path = _resolve(tls.key_file, base_dir)
+    key, chain = load_key_pair(where, cert_path, key_path)
+    if _not_after(chain[0]) <= _now():
+        log.warn(
+            "entry {entry}: the certificate in {path} expired on {date}",
+            entry=entry.name,
+            path=cert_path,
+            date=_not_after(chain[0]).isoformat(),
+        )
+    return key, chain  # type: ignore[return-value]
 
-    cert_data = _read_given(where, "cert_file", cert_path)
+
+def load_key_pair(
+    where: str, cert_path: str, key_path: str
+) -> Tuple[_PrivateKey, List[x509.Certificate]]:
+    """
+    Read a PEM certificate file (the leaf, then any chain) and the PEM
+    private key that goes with it.
+
+    @param where: who asks, for messages (C{"entry 'web'"}, C{"upstream 'api'"}).
+    @return: the key and the certificates, leaf first.
+    @raise TLSConfigError: a file is missing or unreadable, holds no PEM
+        certificate or unencrypted key, or the key does not match.
+    """
+
+    cert_data = read_tls_file(where, "cert_file", cert_path)
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
     except ValueError:
@@ -214,7 +237,7 @@ def _load_given(
             f"{where}: tls.cert_file {cert_path}: no PEM certificate could be read"
         ) from None
 
-    key_data = _read_given(where, "key_file", key_path)
+    key_data = read_tls_file(where, "key_file", key_path)
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except TypeError:
@@ -236,17 +259,11 @@ def _load_given(
             f"{where}: tls.key_file {key_path} does not match the certificate"
             f" in tls.cert_file {cert_path}"
         )
-    if _not_after(chain[0]) <= _now():
-        log.warn(
-            "entry {entry}: the certificate in {path} expired on {date}",
-            entry=entry.name,
-            path=cert_path,
-            date=_not_after(chain[0]).isoformat(),
-        )
     return key, chain  # type: ignore[return-value]
 
 
-def _read_given(where: str, key: str, path: str) -> bytes:
+def read_tls_file(where: str, key: str, path: str) -> bytes:
+    """The bytes of the file configured as C{tls.<key>}; L{TLSConfigError} if unreadable."""
     try:
         with open(path, "rb") as f:
             return f.read()

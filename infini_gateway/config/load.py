@@ -21,9 +21,11 @@ from infini_gateway.config._document import Document, report_duplicate_keys
 from infini_gateway.config._errors import translate
 from infini_gateway.config._yaml import LineMap, load_yaml, plain
 from infini_gateway.config.model import (
+    ClientIPAccess,
     Entry,
     EntryTLS,
     FilterSpec,
+    FloatingIPConfig,
     FlowConfig,
     GatewayConfig,
     Network,
@@ -31,6 +33,7 @@ from infini_gateway.config.model import (
     RouterConfig,
     Rule,
 )
+from infini_gateway.config.upstreams import build_clusters, build_upstreams
 from infini_gateway.config.values import got, parse_binding, parse_duration
 from infini_gateway.filters import filter_names
 
@@ -72,6 +75,18 @@ def _one_or_many(value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def _client_ip_access(router: Mapping[str, Any]) -> ClientIPAccess:
+    # The seed's keys and INFINI's ip_access_control section add up.
+    denied = list(router.get("denied_client_ip_list", ()))
+    permitted = list(router.get("permitted_client_ip_list", ()))
+    control = router.get("ip_access_control", {})
+    if control.get("enabled", True):
+        client_ip = control.get("client_ip", {})
+        denied += client_ip.get("denied", ())
+        permitted += client_ip.get("permitted", ())
+    return ClientIPAccess(denied=denied, permitted=permitted)
+
+
 def _filter_spec(doc: Document, path: Path, item: Mapping[str, Any]) -> FilterSpec:
     ((name, params),) = item.items()
     return FilterSpec(
@@ -79,6 +94,22 @@ def _filter_spec(doc: Document, path: Path, item: Mapping[str, Any]) -> FilterSp
         params=plain(params),
         where=doc.where(path + (name,)),
     )
+
+
+def _floating_ip(section: Mapping[str, Any]) -> FloatingIPConfig:
+    heartbeat = section.get("heartbeat", {})
+    values: dict = {
+        key: section[key]
+        for key in ("enabled", "ip", "netmask", "interface", "priority", "port", "preempt")
+        if key in section
+    }
+    if "peers" in section:
+        values["peers"] = _one_or_many(section["peers"])
+    if "interval" in heartbeat:
+        values["heartbeat_interval"] = parse_duration(heartbeat["interval"])
+    if "timeout" in heartbeat:
+        values["heartbeat_timeout"] = parse_duration(heartbeat["timeout"])
+    return FloatingIPConfig(**values)
 
 
 def _build(doc: Document, base_dir: str) -> GatewayConfig:
@@ -126,9 +157,11 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
                     methods=_one_or_many(rule.get("method", "*")),
                     patterns=_one_or_many(rule["pattern"]),
                     flows=_one_or_many(rule["flow"]),
+                    hosts=_one_or_many(rule.get("host", ())),
                 )
                 for rule in router.get("rules", ())
             ),
+            access=_client_ip_access(router),
         )
         for router in data.get("router", ())
     )
@@ -149,6 +182,9 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
         entries=tuple(entries),
         routers=routers,
         flows=flows,
+        upstreams=build_upstreams(data),
+        elasticsearch=build_clusters(data),
+        floating_ip=_floating_ip(data.get("floating_ip", {})),
     )
 
 

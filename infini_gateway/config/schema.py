@@ -21,7 +21,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from jsonschema import Draft202012Validator
 
-from infini_gateway.config.model import HTTP_METHODS
+from infini_gateway.config.model import CLIENT_IP_EXPECTED, HTTP_METHODS
+from infini_gateway.config.upstreams import elasticsearch_schema, upstream_schema
 from infini_gateway.config.values import (
     BINDING_EXPECTED,
     DURATION_EXPECTED,
@@ -211,6 +212,13 @@ def _rule() -> Schema:
             "flow": _one_or_list(
                 "flow", "Names of the flows run.", flow, "a flow name or a list of them"
             ),
+            "host": _one_or_list(
+                "host",
+                "Host names matched (any case, any port), such as api.example.com"
+                " or *.example.org (any name below it); none: any host.",
+                {"type": "string", "minLength": 1},
+                "a host name or a list of them",
+            ),
         },
     }
 
@@ -235,6 +243,56 @@ def _router() -> Schema:
                 "description": "Tried in order for each request.",
                 "type": "array",
                 "items": _rule(),
+            },
+            "denied_client_ip_list": _client_ips(
+                "denied_client_ip_list",
+                "Clients whose connections are closed when accepted.",
+            ),
+            "permitted_client_ip_list": _client_ips(
+                "permitted_client_ip_list",
+                "When not empty, the only clients accepted (denied ones excepted).",
+            ),
+            "ip_access_control": _ip_access_control(),
+        },
+    }
+
+
+def _client_ips(title: str, description: str) -> Schema:
+    return {
+        "title": title,
+        "description": description
+        + " IP addresses and CIDR blocks, IPv4 or IPv6, such as 10.0.0.0/8.",
+        "type": "array",
+        "items": {"type": "string", "errorMessage": CLIENT_IP_EXPECTED},
+    }
+
+
+def _ip_access_control() -> Schema:
+    return {
+        "title": "ip_access_control",
+        "description": "INFINI Gateway's client address lists, checked when a"
+        " connection is accepted, before TLS and before any byte is read.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "enabled": _boolean(
+                "enabled", "Apply the lists below (default true when present)."
+            ),
+            "client_ip": {
+                "title": "client_ip",
+                "description": "Lists of client addresses.",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "denied": _client_ips(
+                        "denied", "Clients whose connections are closed when accepted."
+                    ),
+                    "permitted": _client_ips(
+                        "permitted",
+                        "When not empty, the only clients accepted"
+                        " (denied ones excepted).",
+                    ),
+                },
             },
         },
     }
@@ -302,6 +360,82 @@ def _flow(filters: Mapping[str, Schema]) -> Schema:
     }
 
 
+def _floating_ip() -> Schema:
+    ipv4 = "an IPv4 address such as 192.168.3.234"
+    return {
+        "title": "floating_ip",
+        "description": "Gateways in hot standby sharing one IPv4 address: the"
+        " holder adds it to its interface and announces it by gratuitous ARP;"
+        " a standby takes it over when the holder stops or goes silent."
+        " Needs root (CAP_NET_ADMIN and CAP_NET_RAW).",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "enabled": _boolean("enabled", "Run the floating IP (default false)."),
+            "ip": _string(
+                "ip",
+                "The floating IP (default: .234 in the interface's subnet).",
+                errorMessage=ipv4,
+            ),
+            "netmask": _string(
+                "netmask",
+                "Its netmask (default: the interface's, else 255.255.255.0).",
+                errorMessage="a netmask such as 255.255.255.0",
+            ),
+            "interface": _string(
+                "interface",
+                "The network interface (default: the first one with a"
+                " non-loopback IPv4 address).",
+                minLength=1,
+                maxLength=15,
+            ),
+            "priority": {
+                "title": "priority",
+                "description": "The highest priority alive holds the address;"
+                " ties go to the lower address (default 100).",
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 255,
+            },
+            "peers": _one_or_list(
+                "peers",
+                "The other gateways' addresses, for unicast heartbeats"
+                " (default: none, heartbeats go to multicast group 224.0.0.234).",
+                {"type": "string", "errorMessage": ipv4},
+                "an IPv4 address or a list of them",
+            ),
+            "heartbeat": {
+                "title": "heartbeat",
+                "description": "How often gateways tell each other they are alive.",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "interval": _duration(
+                        "interval", "Between two heartbeats (default 200ms)."
+                    ),
+                    "timeout": _duration(
+                        "timeout",
+                        "A holder silent this long is replaced"
+                        " (default three intervals).",
+                    ),
+                },
+            },
+            "port": {
+                "title": "port",
+                "description": "The UDP port of the heartbeats (default 61234).",
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 65535,
+            },
+            "preempt": _boolean(
+                "preempt",
+                "A better gateway takes the address over from a worse holder"
+                " (default true).",
+            ),
+        },
+    }
+
+
 def build_schema(filters: Optional[Mapping[str, Schema]] = None) -> Schema:
     """
     The schema of gateway.yml.
@@ -338,6 +472,9 @@ def build_schema(filters: Optional[Mapping[str, Schema]] = None) -> Schema:
                 "type": "array",
                 "items": _flow(filters),
             },
+            "upstream": upstream_schema(),
+            "elasticsearch": elasticsearch_schema(),
+            "floating_ip": _floating_ip(),
         },
     }
 

@@ -4,16 +4,19 @@ Gateway's filter of that name.
 
 C{status} defaults to 200; C{content_type}, when given, replaces the
 Content-Type; C{body}, when given, replaces the body (an empty string
-empties it).  The flow goes on, as in INFINI Gateway, so later filters can
+empties it) and may use C{$[[...]]} variables (L{infini_gateway.template}).
+The flow goes on, as in INFINI Gateway, so later filters can
 still add headers (C{set_response_header}) or replace the answer (a proxy).
 """
 
 from infini_gateway.filters import Filter, register
+from infini_gateway.template import Template
 
 
 @register
 class SetResponse(Filter):
     name = "set_response"
+    templated = ("body",)
     schema = {
         "type": "object",
         "additionalProperties": False,
@@ -39,12 +42,18 @@ class SetResponse(Filter):
                 f"content_type {self._content_type!r} holds a control character"
             )
         body = params.get("body")
+        self._template = None if body is None else Template(body)
         self._body = None if body is None else body.encode("utf-8")
+        if self._template is not None and self._template.static is None:
+            self._body = None
 
     def filter(self, ctx):
         draft = ctx.response
         draft.status = self._status
         if self._content_type is not None:
             draft.set_header(b"Content-Type", self._content_type)
-        if self._body is not None:
-            draft.body = [self._body] if self._body else []
+        body = self._body
+        if body is None and self._template is not None:
+            body = self._template.render(ctx).encode("utf-8", "surrogateescape")
+        if body is not None:
+            draft.body = [body] if body else []

@@ -158,9 +158,11 @@ def test_unknown_top_level_key(problems):
         )
         == [
             "gateway.yml:2: entries: unknown key 'entries' (did you mean 'entry'?"
-            " expected one of: path, entry, router, flow)",
+            " expected one of: path, entry, router, flow, upstream, elasticsearch,"
+            " floating_ip)",
             "gateway.yml:3: xyzzy: unknown key 'xyzzy'"
-            " (expected one of: path, entry, router, flow)",
+            " (expected one of: path, entry, router, flow, upstream, elasticsearch,"
+            " floating_ip)",
         ]
     )
 
@@ -696,6 +698,7 @@ def test_every_problem_once_in_file_order(problems):
             "gateway.yml:13: flow[0].filter[0].ecoh: unknown filter 'ecoh' (did you mean"
             f" 'echo'? valid filters: {', '.join(filter_names())})",
             "gateway.yml:14: pth: unknown key 'pth' (did you mean 'path'?"
-            " expected one of: path, entry, router, flow)",
+            " expected one of: path, entry, router, flow, upstream, elasticsearch,"
+            " floating_ip)",
         ]
     )

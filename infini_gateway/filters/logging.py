@@ -1,0 +1,199 @@
+"""
+C{logging}: write one JSON line per request to a file, rotated by size;
+meant for a router's C{tracing_flow}, which runs once the response is sent.
+
+Parameters: C{path} (default C{<path.logs>/requests.log}, relative to the
+configuration file's directory; missing directories are created),
+C{max_file_size} (default C{100mb}: bytes, or a size such as C{512kb},
+C{100mb}, C{1gb}; units are powers of 1024), C{max_files} (rotated files
+kept, C{requests.log.1} the newest, default 10), C{include_headers}
+(default true).
+
+Each line holds C{time} (when the request arrived, ISO 8601 UTC),
+C{client_ip}, C{method}, C{uri}, C{host}, C{status}, C{request_bytes},
+C{response_bytes}, C{duration_ms}, C{rule}, C{flow}, C{user_agent},
+C{aborted} (the client went away first), C{complete} and, with
+C{include_headers}, C{request_headers} and C{response_headers} (lower-case
+names; repeated headers joined by C{", "}).  Authorization and
+Proxy-Authorization values are redacted (their scheme is kept), and so are
+Cookie and Set-Cookie values.
+
+In an ordinary flow the filter logs what is known at that point (the
+response draft's status, C{complete: false}) and the flow goes on.
+
+The file is opened at the first line (building the gateway, or
+C{--check}, touches no file), written with one unbuffered write per line
+and no fsync, and closed when the gateway stops.
+"""
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional, Union
+
+from twisted.python.logfile import LogFile
+
+from infini_gateway.filters import Filter, register
+from infini_gateway.filters.dump import redacted
+from infini_gateway.tracing import HeaderPairs, TraceRecord, trace_record
+
+DEFAULT_FILE = "requests.log"
+DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024
+DEFAULT_MAX_FILES = 10
+SIZE_EXPECTED = "a size in bytes, or such as 512kb, 100mb or 1gb"
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_PATTERN = "^\\s*[0-9]+\\s*([kKmMgG][iI]?[bB]?|[bB])?\\s*$"
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: Union[int, str]) -> int:
+    """
+    Bytes from C{1048576}, C{"512kb"}, C{"100mb"}, C{"1gb"} (also C{k},
+    C{kib}, C{m}, C{g}: every unit is a power of 1024).
+
+    @raise ValueError: anything else, or zero.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected {SIZE_EXPECTED}, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if match is None:
+            raise ValueError(f"expected {SIZE_EXPECTED}, got {value!r}")
+        unit = (match.group(2) or "").lower()[:1]
+        size = int(match.group(1)) * _UNITS[unit]
+    if size < 1:
+        raise ValueError(f"expected {SIZE_EXPECTED} of at least 1 byte, got {value!r}")
+    return size
+
+
+def _headers(pairs: HeaderPairs) -> Dict[str, str]:
+    joined: Dict[str, str] = {}
+    for name, value in pairs:
+        lower = name.lower()
+        text = redacted(name.encode("latin-1"), value.encode("latin-1"))
+        joined[lower] = f"{joined[lower]}, {text}" if lower in joined else text
+    return joined
+
+
+def _iso(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def log_line(record: TraceRecord, include_headers: bool = True) -> bytes:
+    """One request's JSON line (sorted keys, newline-terminated)."""
+    line: Dict[str, Any] = {
+        "time": _iso(record.started),
+        "client_ip": record.client_ip,
+        "method": record.method,
+        "uri": record.uri,
+        "host": record.host,
+        "status": record.status,
+        "request_bytes": record.request_bytes,
+        "response_bytes": record.response_bytes,
+        "duration_ms": round(record.duration * 1000.0, 3),
+        "rule": record.rule,
+        "flow": record.flow,
+        "user_agent": record.user_agent,
+        "aborted": record.aborted,
+        "complete": record.complete,
+    }
+    if include_headers:
+        line["request_headers"] = _headers(record.request_headers)
+        line["response_headers"] = _headers(record.response_headers)
+    return json.dumps(line, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+class RequestLog:
+    """
+    A size-rotated file of lines, opened at the first write and closed by
+    L{close} (it opens again at the next write).
+    """
+
+    def __init__(self, path: str, max_file_size: int, max_files: int) -> None:
+        self.path = os.path.abspath(path)
+        self.max_file_size = max_file_size
+        self.max_files = max_files
+        self._file: Optional[LogFile] = None
+
+    @property
+    def opened(self) -> bool:
+        return self._file is not None
+
+    def write(self, line: bytes) -> None:
+        if self._file is None:
+            directory, name = os.path.split(self.path)
+            os.makedirs(directory, exist_ok=True)
+            self._file = LogFile(
+                name,
+                directory,
+                rotateLength=self.max_file_size,
+                maxRotatedFiles=self.max_files,
+            )
+        self._file.write(line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            log_file, self._file = self._file, None
+            log_file.close()
+
+
+@register
+class Logging(Filter):
+    name = "logging"
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "path": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The log file; default <path.logs>/requests.log.",
+            },
+            "max_file_size": {
+                "anyOf": [
+                    {"type": "integer", "minimum": 1},
+                    {"type": "string", "pattern": _SIZE_PATTERN, "errorMessage": SIZE_EXPECTED},
+                ],
+                "errorMessage": SIZE_EXPECTED,
+                "description": "Rotate past this size; default 100mb.",
+            },
+            "max_files": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Rotated files kept; default 10.",
+            },
+            "include_headers": {
+                "type": "boolean",
+                "description": "Log request and response headers (secrets"
+                " redacted); default true.",
+            },
+        },
+    }
+
+    def __init__(self, params, runtime):
+        super().__init__(params, runtime)
+        path = params.get("path")
+        if path is None:
+            logs = runtime.config.paths.logs if runtime is not None else "./log"
+            path = os.path.join(logs, DEFAULT_FILE)
+        if runtime is not None:
+            path = runtime.resolve(path)
+        max_files = params.get("max_files", DEFAULT_MAX_FILES)
+        if isinstance(max_files, bool) or not isinstance(max_files, int) or max_files < 1:
+            raise ValueError(f"max_files: expected an integer of at least 1, got {max_files!r}")
+        self.log = RequestLog(
+            os.path.expanduser(path),
+            parse_size(params.get("max_file_size", DEFAULT_MAX_FILE_SIZE)),
+            max_files,
+        )
+        self._include_headers = params.get("include_headers", True)
+        if runtime is not None and hasattr(runtime, "on_stop"):
+            runtime.on_stop(self.log.close)
+
+    def filter(self, ctx):
+        self.log.write(log_line(trace_record(ctx), self._include_headers))
