@@ -393,9 +393,7 @@ def test_embedding_example_runs(tmp_path):
 
     from tests.e2e.conftest import gateway_env
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _two_free_ports()
     process = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "embedding.py"), str(port)],
         env=gateway_env(),
@@ -403,11 +401,13 @@ def test_embedding_example_runs(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             result = curl(f"http://127.0.0.1:{port + 1}/api/hello")
             if result.returncode == 0 or time.monotonic() > deadline:
                 break
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read().decode(errors="replace"))
             time.sleep(0.1)
         assert result.stdout == "hello, embedded\n"
         assert curl(f"http://127.0.0.1:{port}/hello").stdout == "hello, embedded\n"
@@ -415,3 +415,20 @@ def test_embedding_example_runs(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def _two_free_ports():
+    """A port P such that P and P + 1 are both free on 127.0.0.1 (the example uses both)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
