@@ -99,6 +99,13 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--connections", type=int, default=50, help="wrk -c")
     parser.add_argument("--duration", type=int, default=10, help="wrk -d, seconds")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="measured runs per target; the report keeps the one least disturbed by other"
+        " processes (and lists the req/s of all)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="warm-up before each target, seconds")
     parser.add_argument(
         "--pypy-warmup", type=int, default=15, help="warm-up for PyPy targets (the JIT), seconds"
@@ -456,7 +463,12 @@ def run_large(tools, args, tmp, interpreters, backend_port, sink_port):
             label = f"large-{kind}-{interp.lower()}"
             if kind == "gateway":
                 config, _ = gateway_config("large", features, tmp, [backend_port], sink_port)
-                process, url = start_gateway(args, tmp, python, label, config)
+                try:
+                    process, url = start_gateway(args, tmp, python, label, config)
+                except TargetFailed as e:
+                    say(str(e))
+                    notes.append(f"gateway ({interp}) did not start: {last_line(e)}")
+                    continue
                 uploads_to = url
             else:
                 process, url = start_bare_treq(args, tmp, python, label, backend_port)
@@ -484,6 +496,9 @@ def run_large(tools, args, tmp, interpreters, backend_port, sink_port):
                         f" {result.get('rate', 0):.0f} MiB/s,"
                         f" RSS +{(result['peak'] - result['idle']) / MIB:.1f} MiB"
                     )
+            except TargetFailed as e:
+                say(str(e))
+                notes.append(f"{kind} ({interp}) failed: {last_line(e)}")
             finally:
                 process.stop()
                 if kind == "bare-treq":
@@ -492,6 +507,19 @@ def run_large(tools, args, tmp, interpreters, backend_port, sink_port):
 
 
 # --- report ---------------------------------------------------------------
+
+
+def last_line(error):
+    """The line of a failure that says what went wrong (a traceback's last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(error)
+
+
+def rps_text(row):
+    runs = row.get("runs") or []
+    if len(runs) < 2:
+        return f"{row['rps']:.0f}"
+    return f"{row['rps']:.0f} ({', '.join(str(r) for r in runs)})"
 
 
 def size_text(size):
@@ -562,7 +590,7 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
             table_row(
                 row["target"],
                 row["interpreter"],
-                f"{row['rps']:.0f}",
+                rps_text(row),
                 fmt_ms(row["p50"]),
                 fmt_ms(row["p99"]),
                 fmt_errors(row),
@@ -709,7 +737,7 @@ def run(args, stack):
             )
         except TargetFailed as e:
             say(str(e))
-            notes.append(f"{name} ({interp}) failed: {str(e).splitlines()[0]}")
+            notes.append(f"{name} ({interp}) failed: {last_line(e)}")
 
     if "nginx-direct" in args.targets:
         rows.append(
@@ -770,7 +798,7 @@ def run(args, stack):
                 process, url = start_gateway(args, tmp, python, f"{name}-{interp.lower()}", config)
             except TargetFailed as e:
                 say(str(e))
-                notes.append(f"{name} ({interp}) did not start: {str(e).splitlines()[0]}")
+                notes.append(f"{name} ({interp}) did not start: {last_line(e)}")
                 continue
             try:
                 measured(name, interp, url, process, warmup=warmup)

@@ -124,6 +124,21 @@ class RequestContext:
     def client_ip(self) -> str:
         return client_ip(self.request)
 
+    @property
+    def client_identity(self) -> Optional[str]:
+        """
+        The identity of the client's verified certificate (on an entry with
+        C{tls.client_ca_file}): its URI SAN, else DNS SAN, else CN; None
+        when it sent none (intentions call that C{anonymous}).
+        """
+        try:
+            return self._client_identity
+        except AttributeError:
+            from infini_gateway.identity import request_identity
+
+            self._client_identity: Optional[str] = request_identity(self.request)
+            return self._client_identity
+
     def header(self, name: str) -> Optional[str]:
         value = self.request.getHeader(name)
         return None if value is None else value.decode("latin-1")

@@ -4,7 +4,9 @@ Entries: one listening socket each.
 The layers, outermost first: the TCP port (SO_REUSEPORT, or the next free
 port when the configured one is taken) -> L{AcceptPolicy} (client address
 deny / permit lists, connection limit) -> TLS (optional) -> the twisted.web
-Site whose root is the entry's router.
+Site whose root is the entry's router.  A C{protocol: tcp} entry has
+L{infini_gateway.tcp}'s factory in the Site's place, and a C{protocol: sni}
+entry L{infini_gateway.sni}'s, without TLS (it never decrypts).
 """
 
 import errno
@@ -13,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -21,7 +24,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from infini_gateway.config.model import ClientIPAccess, Entry, Network
-from infini_gateway.policy import AcceptPolicy, OverloadedFactory
+from infini_gateway.policy import PER_IP_RESPONSE, AcceptPolicy, OverloadedFactory
 
 log = Logger()
 
@@ -136,7 +139,7 @@ class EntryService(Service):
 
     @property
     def scheme(self) -> str:
-        return "https" if self.entry.tls.enabled else "http"
+        return entry_scheme(self.entry)
 
     def prepare(self) -> None:
         """
@@ -147,10 +150,16 @@ class EntryService(Service):
             return
         inner: Factory = self.site
         overflow: Factory = OverloadedFactory(self.reactor)
+        per_ip: Factory = OverloadedFactory(self.reactor, PER_IP_RESPONSE)
         if self.entry.tls.enabled:
             options = self._tls_options()
             inner = TLSMemoryBIOFactory(options, False, inner)
             overflow = TLSMemoryBIOFactory(options, False, overflow)
+            per_ip = TLSMemoryBIOFactory(options, False, per_ip)
+        layer4 = self.entry.protocol != "http"
+        if layer4:
+            # Raw bytes: no HTTP answer past the limits, just a close.
+            overflow = per_ip = None
         self.policy = AcceptPolicy(
             inner,
             self.entry.max_concurrency,
@@ -158,7 +167,14 @@ class EntryService(Service):
             access=self.access,
             clock=self.reactor,
             name=self.entry.name,
+            max_conns_per_ip=self.entry.max_conns_per_ip,
+            per_ip_overflow=per_ip,
         )
+        if layer4:
+            from infini_gateway.tcp import HalfCloseableWrapper
+
+            # The client's half-close (its FIN) reaches the splice.
+            self.policy.protocol = HalfCloseableWrapper
 
     def bind(self) -> None:
         """Start listening; raises L{EntryBindError} with a clear message."""
@@ -175,7 +191,7 @@ class EntryService(Service):
             ) from e
         address = self.port.getHost()
         log.info(
-            "entry {entry} listening on {scheme}://{address}{publish}",
+            self.listening_format,
             entry=self.entry.name,
             scheme=self.scheme,
             address=_format_address(address.host, address.port),
@@ -190,12 +206,72 @@ class EntryService(Service):
         super().startService()
         self.bind()
 
+    # What bind() logs (the end-to-end tests read the address from it).
+    listening_format = "entry {entry} listening on {scheme}://{address}{publish}"
+
+    # Seconds stopService lets open connections finish; set by the gateway
+    # from shutdown_timeout.
+    shutdown_timeout: float = 30.0
+
     def stopService(self):
+        """
+        Stop gracefully: stop listening, close idle connections, let those
+        with a request in flight finish it (then close), and after
+        C{shutdown_timeout} close what remains.
+        """
         super().stopService()
+        return self.stop_gracefully(self.shutdown_timeout)
+
+    def stop_listening(self) -> Deferred:
+        """Stop accepting connections; fires once the port is closed."""
         port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+    def stop_gracefully(self, timeout: float) -> Deferred:
+        """
+        L{stop_listening}, then drain the open connections (see
+        L{drain_connections}); fires when none is left.
+        """
+        d = self.stop_listening()
+        d.addCallback(lambda _: drain_connections(self.policy, self.reactor, timeout, self.entry.name))
+        return d
+
+    def switch(self, entry: Entry, resource: Any, tls_options: Any = None, access: Any = None) -> None:
+        """
+        Serve new requests with C{resource} (the Site's new root, a router;
+        for an entry serving another protocol, its new factory) and new
+        connections with C{entry}'s settings, keeping the listening socket:
+        requests in flight finish on what they started on.  The binding
+        must be the same.
+
+        @param tls_options: C{entry}'s server TLS options, already loaded
+            (so that a bad certificate fails the reload before any switch).
+        """
+        self.entry = entry
+        if isinstance(self.site, Site):
+            self.site.resource = resource
+            self.site.timeout = entry.idle_timeout
+        else:
+            self.site = resource
+        self.access = access
+        if tls_options is not None:
+            self._tls_options = lambda: tls_options
+        policy = self.policy
+        if policy is None:
+            return  # prepare() will use the new settings
+        # Build the accept policy as prepare() does, then give its settings
+        # to the running one, which keeps counting the connections open.
+        self.policy = None
+        try:
+            self.prepare()
+            settings = self.policy
+        finally:
+            self.policy = policy
+        for name, value in vars(settings).items():
+            if name not in _POLICY_STATE:
+                setattr(policy, name, value)
 
     def bound_address(self) -> Optional[str]:
         """C{HOST:PORT} actually bound, while listening."""
@@ -205,5 +281,101 @@ class EntryService(Service):
         return _format_address(address.host, address.port)
 
 
+def entry_scheme(entry: Entry) -> str:
+    """
+    How clients speak to C{entry}: C{http} or C{https}; C{tcp} (plain TCP
+    forwarded, or TLS passed through by an C{sni} entry) or C{tls} (a
+    C{tcp} entry terminating TLS).
+    """
+    if entry.protocol == "http":
+        return "https" if entry.tls.enabled else "http"
+    if entry.protocol == "tcp" and entry.tls.enabled:
+        return "tls"
+    return "tcp"
+
+
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# What an AcceptPolicy counts (kept when an entry switches settings).
+_POLICY_STATE = frozenset(
+    {
+        "protocols",
+        "denied",
+        "refused",
+        "per_ip",
+        "refused_per_ip",
+        "_now",
+        "_denied_logged_at",
+        "_denied_unlogged",
+    }
+)
+
+# How often a draining entry looks at its connections again.
+DRAIN_INTERVAL = 0.1
+
+
+def _http_channel(protocol: Any) -> Any:
+    """The twisted.web HTTPChannel inside an accepted protocol, or None."""
+    for _ in range(4):
+        if protocol is None or hasattr(protocol, "requests"):
+            return protocol
+        protocol = getattr(protocol, "wrappedProtocol", None)
+    return None
+
+
+def drain_connections(policy: Optional[AcceptPolicy], clock: Any, timeout: float, name: str = "") -> Deferred:
+    """
+    Let the connections an entry accepted end: each idle HTTP connection is
+    closed now, each with a request in flight once its response is sent
+    (other protocols when their peer is done), and after C{timeout}
+    seconds whatever remains is aborted.
+
+    @return: a Deferred firing once no connection is left.
+    """
+    done: Deferred = Deferred()
+    if policy is None:
+        done.callback(None)
+        return done
+    deadline = clock.seconds() + timeout
+
+    def look() -> None:
+        protocols = list(policy.protocols)
+        if not protocols:
+            done.callback(None)
+            return
+        if clock.seconds() >= deadline:
+            log.info(
+                "entry {entry}: {count} connections still open after {timeout}s, closing them",
+                entry=name,
+                count=len(protocols),
+                timeout=timeout,
+            )
+            for protocol in protocols:
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
+            clock.callLater(0, finish)
+            return
+        for protocol in protocols:
+            channel = _http_channel(protocol)
+            if channel is None:
+                continue
+            if not channel.requests:
+                channel.loseConnection()
+            else:
+                # Closed after the response in flight; told to the client.
+                channel.persistent = False
+                for request in channel.requests:
+                    if not request.startedWriting:
+                        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        clock.callLater(DRAIN_INTERVAL, look)
+
+    def finish() -> None:
+        if not done.called:
+            done.callback(None)
+
+    look()
+    return done
+

@@ -33,6 +33,15 @@ OVERLOAD_RESPONSE = (
     b"\r\n" % len(_OVERLOAD_BODY)
 ) + _OVERLOAD_BODY
 
+_PER_IP_BODY = b'{"error": "too many connections from this address"}\n'
+PER_IP_RESPONSE = (
+    b"HTTP/1.1 429 Too Many Requests\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n"
+    b"\r\n" % len(_PER_IP_BODY)
+) + _PER_IP_BODY
+
 # How long a refused connection may take to send its request before it is
 # closed anyway.  Closing while request bytes are still unread makes the
 # kernel send a reset, which can destroy the 503 before the client reads it.
@@ -138,13 +147,14 @@ class Overloaded(Protocol):
     client's request head has arrived (or after L{LINGER_SECONDS}).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, response: bytes = OVERLOAD_RESPONSE) -> None:
         self._reactor = reactor
+        self._response = response
         self._seen = b""
         self._timer = None
 
     def connectionMade(self) -> None:
-        self.transport.write(OVERLOAD_RESPONSE)
+        self.transport.write(self._response)
         self._timer = self._reactor.callLater(LINGER_SECONDS, self._close)
 
     def dataReceived(self, data: bytes) -> None:
@@ -164,11 +174,12 @@ class Overloaded(Protocol):
 
 
 class OverloadedFactory(Factory):
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, response: bytes = OVERLOAD_RESPONSE) -> None:
         self._reactor = reactor
+        self._response = response
 
     def buildProtocol(self, addr: IAddress) -> Protocol:
-        protocol = Overloaded(self._reactor)
+        protocol = Overloaded(self._reactor, self._response)
         protocol.factory = self
         return protocol
 
@@ -199,10 +210,15 @@ class AcceptPolicy(WrappingFactory):
         access: Optional[ClientIPAccess] = None,
         clock: Any = None,
         name: str = "",
+        max_conns_per_ip: int = 0,
+        per_ip_overflow: Optional[Factory] = None,
     ) -> None:
         """
         @param access: the client addresses accepted; None or an empty one
             accepts all.
+        @param max_conns_per_ip: open connections per client address (0: no
+            limit); past it a new connection goes to C{per_ip_overflow}
+            (which answers 429), or is closed when there is none.
         @param clock: an C{IReactorTime}, for rate-limiting the log of denied
             connections (default: the monotonic clock).
         @param name: the entry's name, for the log.
@@ -219,6 +235,11 @@ class AcceptPolicy(WrappingFactory):
         self._now = clock.seconds if clock is not None else time.monotonic
         self._denied_logged_at: Optional[float] = None
         self._denied_unlogged = 0
+        self.max_conns_per_ip = max_conns_per_ip
+        self.per_ip_overflow = per_ip_overflow
+        # Open connections by client address (only with max_conns_per_ip).
+        self.per_ip: Dict[str, int] = {}
+        self.refused_per_ip = 0
 
     @property
     def open_connections(self) -> int:
@@ -229,12 +250,39 @@ class AcceptPolicy(WrappingFactory):
         if self.rules is not None and not self.rules.allows_peer(addr):
             self._deny(addr)
             return None
+        key = None
+        if self.max_conns_per_ip and isinstance(addr, (IPv4Address, IPv6Address)):
+            address = client_address(addr.host)
+            key = str(address) if address is not None else addr.host
+            if self.per_ip.get(key, 0) >= self.max_conns_per_ip:
+                self.refused_per_ip += 1
+                if self.per_ip_overflow is None:
+                    return None
+                return self.per_ip_overflow.buildProtocol(addr)
         if len(self.protocols) >= self.max_concurrency:
             self.refused += 1
             if self.overflow is None:
                 return None
             return self.overflow.buildProtocol(addr)
-        return super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        if key is not None and protocol is not None:
+            protocol.client_key = key
+        return protocol
+
+    def registerProtocol(self, p: Protocol) -> None:
+        super().registerProtocol(p)
+        key = getattr(p, "client_key", None)
+        if key is not None:
+            self.per_ip[key] = self.per_ip.get(key, 0) + 1
+
+    def unregisterProtocol(self, p: Protocol) -> None:
+        super().unregisterProtocol(p)
+        key = getattr(p, "client_key", None)
+        if key is not None and key in self.per_ip:
+            p.client_key = None
+            self.per_ip[key] -= 1
+            if self.per_ip[key] <= 0:
+                del self.per_ip[key]
 
     def _deny(self, addr: Optional[IAddress]) -> None:
         self.denied += 1

@@ -10,6 +10,7 @@ with a C{.} or C{..} segment, or a NUL character, gets a 400 with a JSON
 body and is never routed.
 """
 
+import copy
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 from twisted.internet.defer import CancelledError
@@ -73,6 +74,9 @@ class Router(Resource):
         self.config = config
         self.reactor = reactor
         self.tracer = tracer
+        # Told of each request as it starts and once it is over (metrics):
+        # see observed().
+        self.observer: Any = None
         self._table = RouteTable()
         for index, rule in enumerate(config.rules):
             flow = Flow.chain(flows[name] for name in rule.flows)
@@ -90,6 +94,18 @@ class Router(Resource):
         self.default_flow = (
             flows[config.default_flow] if config.default_flow is not None else None
         )
+
+    def observed(self, observer: Any) -> "Router":
+        """
+        This router (same rules, flows and tracer) telling C{observer} of
+        each request: C{observer.started(ctx)} when it is routed,
+        C{observer.finished(ctx)} once its response ended or its client
+        went away.  The gateway gives each entry one, so that requests are
+        counted by entry.
+        """
+        router = copy.copy(self)
+        router.observer = observer
+        return router
 
     def match(
         self,
@@ -119,6 +135,10 @@ class Router(Resource):
         ctx = RequestContext(request, self.reactor)
         if self.tracer is not None:
             request.notifyFinish().addBoth(lambda _: self.tracer.trace(ctx))
+        observer = self.observer
+        if observer is not None:
+            observer.started(ctx)
+            request.notifyFinish().addBoth(lambda _: observer.finished(ctx))
         segments = route_segments(request)
         if unsafe_segment(segments) is not None:
             document = {

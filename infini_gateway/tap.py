@@ -76,9 +76,20 @@ def describe(config: GatewayConfig) -> str:
         if entry.tls.enabled and not entry.tls.cert_file:
             extras.append(f"certificate generated under {config.paths.data}/tls")
         extra = f" ({', '.join(extras)})" if extras else ""
+        target = f"router {entry.router!r}"
+        if entry.protocol != "http":
+            from infini_gateway.entry import entry_scheme
+
+            scheme = entry_scheme(entry)
+            if entry.protocol == "tcp":
+                target = f"upstream {entry.upstream!r}"
+            else:
+                names = [route.server_name for route in entry.sni_routes]
+                names += ["default"] if entry.sni_default else []
+                target = f"SNI passthrough ({', '.join(names)})"
         lines.append(
             f"entry {entry.name!r} {state} {scheme}://{entry.network.binding}"
-            f" -> router {entry.router!r}{extra}"
+            f" -> {target}{extra}"
         )
     return "\n".join(lines) + "\n"
 
@@ -117,7 +128,13 @@ class _TwistdGatewayService(GatewayService):
     the process with its message, and SIGTERM / SIGINT stop it with exit
     status 0 (twistd would re-raise the signal after shutting down, so that
     the process dies of it, which service managers report as a failure).
+
+    Stopping is graceful: the entries stop listening and requests in
+    flight have C{shutdown_timeout} to finish (see L{EntryService.stopService}).
+    SIGHUP reloads the configuration file (L{GatewayService.reload_file}).
     """
+
+    _stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -127,10 +144,38 @@ class _TwistdGatewayService(GatewayService):
     def _handle_signals(self) -> None:
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._stop_on_signal)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._reload_on_signal)
 
     def _stop_on_signal(self, number, frame) -> None:
-        log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
+        if self._stopping:
+            log.info(
+                "received {signal} again: still letting requests finish (up to {timeout}s)",
+                signal=signal.Signals(number).name,
+                timeout=self.config.shutdown_timeout,
+            )
+            return
+        self._stopping = True
+        log.info(
+            "received {signal}, shutting down: requests in flight have {timeout}s to finish",
+            signal=signal.Signals(number).name,
+            timeout=self.config.shutdown_timeout,
+        )
         self.reactor.callFromThread(self.reactor.stop)
+
+    def _reload_on_signal(self, number, frame) -> None:
+        log.info("received SIGHUP, reloading {path}", path=self.config_path)
+        self.reactor.callFromThread(self._reload_quietly)
+
+    def _reload_quietly(self) -> None:
+        from infini_gateway.reload import ReloadError
+
+        try:
+            self.reload_file()
+        except (ConfigError, ReloadError):
+            pass  # logged by the reloader; the gateway keeps its configuration
+        except Exception:
+            log.failure("reload failed")
 
     def privilegedStartService(self) -> None:
         from infini_gateway.floating_ip import FloatingIPError

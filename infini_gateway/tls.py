@@ -109,23 +109,52 @@ def server_options(
         key, chain = _load_given(entry, base_dir)
     else:
         key, chain = _kept_certificate(entry, _tls_dir(data_dir, base_dir))
-    return _certificate_options(key, chain[0], chain[1:])
+    client_cas = None
+    if tls.client_ca_file:
+        # Here, not at the top: identity imports this module.
+        from infini_gateway.identity import load_client_cas
+
+        client_cas = load_client_cas(
+            f"entry {entry.name!r}", _resolve(tls.client_ca_file, base_dir)
+        )
+    options = _certificate_options(
+        key,
+        chain[0],
+        chain[1:],
+        # A tcp entry carries any protocol: offering http/1.1 would be wrong.
+        alpn=getattr(entry, "protocol", "http") == "http",
+        trust_root=client_cas,
+    )
+    if client_cas is not None:
+        # trustRoot= makes Twisted require a certificate; "optional" asks
+        # for one and lets a client without one in (still verifying any
+        # certificate sent).
+        options.requireCertificate = tls.client_auth != "optional"
+    return options
 
 
 # Options
 
 
 def _certificate_options(
-    key: _PrivateKey, certificate: x509.Certificate, extra: Sequence[x509.Certificate]
+    key: _PrivateKey,
+    certificate: x509.Certificate,
+    extra: Sequence[x509.Certificate],
+    alpn: bool = True,
+    trust_root: object = None,
 ) -> CertificateOptions:
     key_arg, cert_arg, extra_arg = _for_pyopenssl(key, certificate, extra)
-    alpn = {"acceptableProtocols": [b"http/1.1"]} if _alpn_is_clean() else {}
+    more: dict = {}
+    if alpn and _alpn_is_clean():
+        more["acceptableProtocols"] = [b"http/1.1"]
+    if trust_root is not None:
+        more["trustRoot"] = trust_root
     return CertificateOptions(
         privateKey=key_arg,
         certificate=cert_arg,
         extraCertChain=extra_arg,
         raiseMinimumTo=TLSVersion.TLSv1_2,
-        **alpn,
+        **more,
     )
 
 

@@ -11,10 +11,18 @@ import ipaddress
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from infini_gateway.config._document import Document, format_path
-from infini_gateway.config import upstreams
+from infini_gateway.config import services, upstreams
+from infini_gateway.config import _parts as parts, _roles
+from infini_gateway.config import operating
 from infini_gateway.config._errors import did_you_mean
 from infini_gateway.config.model import parse_client_ip
-from infini_gateway.config.values import check_host, got, parse_binding, parse_duration
+from infini_gateway.config.values import (
+    check_host,
+    got,
+    parse_binding,
+    parse_byte_size,
+    parse_duration,
+)
 from infini_gateway.filters import filter_class
 from infini_gateway.pattern import PatternError, RouteTable, compile_pattern, normalise_host
 from infini_gateway.template import path_variables
@@ -63,28 +71,15 @@ def _names(doc: Document, key: str, what: str) -> Optional[List[str]]:
     return list(first) if complete else None
 
 
-def _reference(
-    doc: Document, path: Path, name: Any, what: str, names: Optional[Sequence[str]]
-) -> None:
-    if names is None or not isinstance(name, str) or name in names:
-        return
-    if names:
-        known = f"{what}s: {', '.join(names)}"
-    else:
-        known = f"no {what}s are defined"
-    doc.problem(
-        path,
-        f"expected the name of a {what}, got {got(name)}"
-        f" ({did_you_mean(name, names)}{known})",
-    )
-
-
 def _check_entry(
     doc: Document, i: int, entry: dict, routers: Optional[Sequence[str]]
 ) -> None:
     path: Path = ("entry", i)
+    _roles.check_entry(doc, i, entry)
     if "router" in entry:
-        _reference(doc, path + ("router",), entry["router"], "router", routers)
+        parts.reference(doc, path + ("router",), entry["router"], "router", routers)
+    elif entry.get("protocol", "http") != "http":
+        pass  # tcp and sni entries need no router
     elif routers is not None and "default" not in routers:
         listed = (
             f"routers: {', '.join(routers)}" if routers else "no routers are defined"
@@ -95,16 +90,24 @@ def _check_entry(
             f" ({listed})",
         )
 
-    timeout = entry.get("idle_timeout")
-    if isinstance(timeout, (str, int, float)) and not isinstance(timeout, bool):
-        try:
-            if parse_duration(timeout) <= 0:
-                doc.problem(
-                    path + ("idle_timeout",),
-                    f"expected a duration greater than zero, got {got(timeout)}",
-                )
-        except ValueError as e:
-            doc.problem(path + ("idle_timeout",), str(e))
+    for key in ("idle_timeout", "read_timeout", "write_timeout"):
+        timeout = entry.get(key)
+        if isinstance(timeout, (str, int, float)) and not isinstance(timeout, bool):
+            try:
+                if parse_duration(timeout) <= 0:
+                    doc.problem(
+                        path + (key,),
+                        f"expected a duration greater than zero, got {got(timeout)}",
+                    )
+            except ValueError as e:
+                doc.problem(path + (key,), str(e))
+    for key in ("max_header_size", "max_request_body_size"):
+        size = entry.get(key)
+        if isinstance(size, str):
+            try:
+                parse_byte_size(size)
+            except ValueError as e:
+                doc.problem(path + (key,), str(e))
 
     network = entry.get("network")
     if isinstance(network, dict):
@@ -176,15 +179,15 @@ def _check_router(
     path: Path = ("router", i)
     for key in ("default_flow", "tracing_flow"):
         if key in router:
-            _reference(doc, path + (key,), router[key], "flow", flows)
+            parts.reference(doc, path + (key,), router[key], "flow", flows)
     for k, rule in _items(router, "rules"):
         named = rule.get("flow")
         rule_path = path + ("rules", k, "flow")
         if isinstance(named, list):
             for m, name in enumerate(named):
-                _reference(doc, rule_path + (m,), name, "flow", flows)
+                parts.reference(doc, rule_path + (m,), name, "flow", flows)
         else:
-            _reference(doc, rule_path, named, "flow", flows)
+            parts.reference(doc, rule_path, named, "flow", flows)
     _check_client_ips(doc, path, router)
 
 
@@ -288,7 +291,8 @@ def _check_routes(doc: Document) -> None:
                         used = path_variables(text)
                     except ValueError:
                         continue  # reported with the filter, when it is built
-                    known = captured.get(name, set())
+                    # A name of the wrong type is reported by the schema.
+                    known = captured.get(name, set()) if isinstance(name, str) else set()
                     for var in used:
                         if var not in known:
                             listed = ", ".join(sorted(known)) or "none"
@@ -411,4 +415,6 @@ def check(doc: Document) -> None:
         _check_router(doc, i, router, flows)
     _check_routes(doc)
     upstreams.check(doc)
+    services.check(doc)
     _check_floating_ip(doc)
+    operating.check(doc, _check_network)

@@ -16,7 +16,7 @@ from typing import Any, List, Mapping, Sequence, Tuple, Union
 import yaml
 from jsonschema import Draft202012Validator
 
-from infini_gateway.config import _check
+from infini_gateway.config import _check, operating
 from infini_gateway.config._document import Document, report_duplicate_keys
 from infini_gateway.config._errors import translate
 from infini_gateway.config._yaml import LineMap, load_yaml, plain
@@ -33,13 +33,20 @@ from infini_gateway.config.model import (
     RouterConfig,
     Rule,
 )
+from infini_gateway.config.services import build_service_upstreams, build_services
 from infini_gateway.config.upstreams import build_clusters, build_upstreams
-from infini_gateway.config.values import got, parse_binding, parse_duration
+from infini_gateway.config.values import got, parse_binding, parse_byte_size, parse_duration
 from infini_gateway.filters import filter_names
+from infini_gateway.config.model import SNIRoute
+from infini_gateway.intentions import intentions_from_params
 
 Path = Tuple[Any, ...]
 
 _TOP_LEVEL = "path, entry, router, flow"
+
+# Spliced connections (tcp, sni) idle this long are closed: Envoy's TCP
+# proxy default, since a database connection may rightly sit idle a while.
+L4_IDLE_TIMEOUT = 3600.0
 
 
 class ConfigError(Exception):
@@ -125,13 +132,42 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
             if host.startswith("[") and host.endswith("]"):
                 host = host[1:-1]
         tls = entry.get("tls", {})
+        protocol = entry.get("protocol", "http")
+        layer4 = protocol != "http"
         entries.append(
             Entry(
                 name=entry["name"],
                 enabled=entry.get("enabled", True),
-                router=entry.get("router", "default"),
+                # tcp and sni entries use a router only for its client
+                # address lists, and only when they name one.
+                router=entry.get("router", None if layer4 else "default"),
                 max_concurrency=entry.get("max_concurrency", 10000),
-                idle_timeout=parse_duration(entry.get("idle_timeout", 30.0)),
+                idle_timeout=parse_duration(
+                    entry.get("idle_timeout", L4_IDLE_TIMEOUT if layer4 else 30.0)
+                ),
+                read_timeout=parse_duration(entry.get("read_timeout", 30.0)),
+                write_timeout=parse_duration(entry.get("write_timeout", 30.0)),
+                max_header_size=parse_byte_size(entry.get("max_header_size", 64 * 1024)),
+                max_request_body_size=parse_byte_size(
+                    entry.get("max_request_body_size", 200 * 1024 * 1024)
+                ),
+                max_conns_per_ip=entry.get("max_conns_per_ip", 0),
+                protocol=protocol,
+                upstream=entry.get("upstream"),
+                sni_routes=tuple(
+                    SNIRoute(server_name=name.lower().rstrip("."), upstream=upstream)
+                    for name, upstream in entry.get("sni_routes", {}).items()
+                    if name != "default"
+                ),
+                sni_default=entry.get("sni_routes", {}).get("default"),
+                client_hello_timeout=parse_duration(
+                    entry.get("client_hello_timeout", 5.0)
+                ),
+                intentions=(
+                    intentions_from_params(entry["intentions"])
+                    if "intentions" in entry
+                    else None
+                ),
                 network=Network(
                     host=host,
                     port=port,
@@ -144,6 +180,12 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
                     cert_file=tls.get("cert_file"),
                     key_file=tls.get("key_file"),
                     skip_insecure_verify=tls.get("skip_insecure_verify", False),
+                    client_ca_file=tls.get("client_ca_file"),
+                    client_auth=(
+                        tls.get("client_auth", "required")
+                        if tls.get("client_ca_file")
+                        else None
+                    ),
                 ),
             )
         )
@@ -182,9 +224,13 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
         entries=tuple(entries),
         routers=routers,
         flows=flows,
-        upstreams=build_upstreams(data),
+        upstreams=build_upstreams(data) + build_service_upstreams(data),
         elasticsearch=build_clusters(data),
         floating_ip=_floating_ip(data.get("floating_ip", {})),
+        services=build_services(doc),
+        api=operating.build_api(data.get("api")),
+        configs=operating.build_configs(data.get("configs", {})),
+        shutdown_timeout=operating.build_shutdown_timeout(data),
     )
 
 

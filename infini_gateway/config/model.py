@@ -57,24 +57,91 @@ class EntryTLS:
     cert_file: Optional[str] = None
     key_file: Optional[str] = None
     skip_insecure_verify: bool = False
+    # Client certificates: asked for when client_ca_file is set, and then
+    # client_auth is "required" (no certificate, no handshake) or "optional".
+    client_ca_file: Optional[str] = None
+    client_auth: Optional[str] = None
+
+
+@attrs.frozen
+class IntentionRule:
+    """One intention: clients whose identity C{source} matches get C{action}."""
+
+    source: str
+    action: str
+
+
+@attrs.frozen
+class Intentions:
+    """
+    Which client identities may pass: the first rule whose C{source}
+    matches decides, else C{default} (C{"allow"} or C{"deny"}).
+    """
+
+    rules: Tuple[IntentionRule, ...] = ()
+    default: str = "deny"
+
+
+@attrs.frozen
+class SNIRoute:
+    """
+    An C{sni} entry's route: connections asking for C{server_name} (a name,
+    or C{*.suffix} for any name below suffix) go to C{upstream}.
+    """
+
+    server_name: str
+    upstream: str
+
+
+ENTRY_PROTOCOLS = ("http", "tcp", "sni")
 
 
 @attrs.frozen
 class Entry:
     """
-    One listener: C{network} -> accept policy -> optional TLS -> router.
+    One listener: C{network} -> accept policy -> optional TLS -> router
+    (C{protocol: http}), or raw TCP to one upstream (C{tcp}), or TLS passed
+    through by server name (C{sni}).
 
     @ivar idle_timeout: seconds after which an idle (keep-alive) client
         connection is closed.
+    @ivar read_timeout: seconds a client has to send a whole request head,
+        and the longest wait between two reads of a request body.
+    @ivar write_timeout: seconds a response may make no progress (the
+        client not reading) before the connection is cut.
+    @ivar max_header_size: bytes of a request head (request line and
+        headers); more gets a 431.
+    @ivar max_request_body_size: bytes of a request body; more gets a 413.
+    @ivar max_conns_per_ip: open connections per client address (0: no
+        limit); more get a 429.
+    @ivar router: the router (for C{tcp} and C{sni}: only its client
+        address lists, and None when not named).
+    @ivar upstream: C{tcp}: the upstream every connection goes to.
+    @ivar sni_routes: C{sni}: routes by server name, exact names first.
+    @ivar sni_default: C{sni}: the upstream for other names, or None.
+    @ivar client_hello_timeout: C{sni}: seconds a client has to send its
+        whole ClientHello.
+    @ivar intentions: C{tcp} with client certificates: who may connect.
     """
 
     name: str
     network: Network
     enabled: bool = True
-    router: str = "default"
+    router: Optional[str] = "default"
     max_concurrency: int = 10000
     idle_timeout: float = 30.0
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    max_header_size: int = 64 * 1024
+    max_request_body_size: int = 200 * 1024 * 1024
+    max_conns_per_ip: int = 0
     tls: EntryTLS = EntryTLS()
+    protocol: str = "http"
+    upstream: Optional[str] = None
+    sni_routes: Tuple[SNIRoute, ...] = ()
+    sni_default: Optional[str] = None
+    client_hello_timeout: float = 5.0
+    intentions: Optional[Intentions] = None
 
 
 @attrs.frozen
@@ -221,6 +288,93 @@ class KeepalivePool:
 
 
 @attrs.frozen
+class ActiveHealthy:
+    """
+    When an actively probed endpoint counts as healthy (APISIX's
+    C{active.healthy}): C{successes} probes in a row answered with one of
+    C{http_statuses} (or, for C{tcp}, connected).
+
+    @ivar interval: seconds between probes of an endpoint while healthy.
+    """
+
+    interval: float = 1.0
+    successes: int = 2
+    http_statuses: Tuple[int, ...] = (200, 302)
+
+
+@attrs.frozen
+class ActiveUnhealthy:
+    """
+    When an actively probed endpoint counts as unhealthy (APISIX's
+    C{active.unhealthy}): C{http_failures} probes in a row answered with one
+    of C{http_statuses}, or C{tcp_failures} that could not connect (or
+    broke), or C{timeouts} that timed out.
+
+    @ivar interval: seconds between probes of an endpoint while unhealthy.
+    """
+
+    interval: float = 1.0
+    http_failures: int = 5
+    tcp_failures: int = 2
+    timeouts: int = 3
+    http_statuses: Tuple[int, ...] = (429, 404, 500, 501, 502, 503, 504, 505)
+
+
+@attrs.frozen
+class ActiveHealthCheck:
+    """
+    Probes sent to every endpoint of an upstream on a timer.
+
+    @ivar type: C{http}, C{https} or C{tcp} (a connection, nothing sent).
+    @ivar timeout: seconds a probe may take (connecting and the response
+        headers).
+    @ivar host: the Host header (and TLS server name) of HTTP probes;
+        default the endpoint's.
+    @ivar port: the port probed; default the endpoint's.
+    @ivar req_headers: extra request headers, (name, value) pairs.
+    """
+
+    type: str = "http"
+    timeout: float = 1.0
+    http_path: str = "/"
+    host: Optional[str] = None
+    port: Optional[int] = None
+    req_headers: Tuple[Tuple[str, str], ...] = ()
+    https_verify_certificate: bool = True
+    healthy: ActiveHealthy = ActiveHealthy()
+    unhealthy: ActiveUnhealthy = ActiveUnhealthy()
+
+
+@attrs.frozen
+class PassiveHealthCheck:
+    """
+    Outlier ejection from the outcomes of real requests, Envoy style: so
+    many consecutive 5xx, gateway failures (502, 503, 504, connection
+    errors) or timeouts eject an endpoint for C{base_ejection_time} times
+    the number of times it was ejected, at most C{max_ejection_time}.  A
+    counter of 0 is not used.
+
+    @ivar max_ejection_percent: at most this share of the endpoints may be
+        ejected at a time.
+    """
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_timeouts: int = 3
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 50.0
+
+
+@attrs.frozen
+class HealthCheck:
+    """An upstream's C{health_check}: either part, both, or neither."""
+
+    active: Optional[ActiveHealthCheck] = None
+    passive: Optional[PassiveHealthCheck] = None
+
+
+@attrs.frozen
 class UpstreamConfig:
     """
     An upstream: endpoints, how one is picked, and how requests to it are
@@ -233,6 +387,9 @@ class UpstreamConfig:
         C{key} naming the variable, header or cookie.
     @ivar request_headers: set on every request forwarded (an Elasticsearch
         cluster's Authorization); not shown in C{repr}.
+    @ivar health_check: its active probes and passive outlier ejection.
+    @ivar panic_threshold: a percentage: when fewer endpoints than that are
+        healthy, requests are balanced across all of them; 0: never.
     """
 
     name: str
@@ -250,6 +407,8 @@ class UpstreamConfig:
     keepalive_pool: KeepalivePool = KeepalivePool()
     tls: UpstreamTLS = UpstreamTLS()
     request_headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    health_check: HealthCheck = HealthCheck()
+    panic_threshold: float = 0.0
 
     @property
     def max_retries(self) -> int:
@@ -268,6 +427,115 @@ class ElasticsearchConfig:
     name: str
     upstream: UpstreamConfig
     enabled: bool = True
+
+
+@attrs.frozen
+class CanaryRule:
+    """
+    One condition of a canary: the request's C{source} (C{header},
+    C{query} or C{cookie}) called C{name}, compared with C{values} by
+    C{operator} (C{==}, C{!=}, C{in}, C{regex}).
+    """
+
+    source: str
+    name: str
+    operator: str = "=="
+    values: Tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StickyKey:
+    """What identifies a user for a sticky canary: a header or a cookie."""
+
+    source: str
+    name: str
+
+
+@attrs.frozen
+class CanaryConfig:
+    """
+    A service's canary release: C{percent} of the requests (or those
+    matching every one of C{rules}) go to upstream version C{version}.
+
+    @ivar state: C{in_progress}, C{paused} (no request goes to the canary)
+        or C{finished} (every request does).
+    @ivar sticky: with C{percent}, a user keeps the version it got.
+    """
+
+    version: str
+    percent: Optional[int] = None
+    rules: Tuple[CanaryRule, ...] = ()
+    state: str = "in_progress"
+    sticky: Optional[StickyKey] = None
+
+
+@attrs.frozen
+class UpstreamVersion:
+    """
+    A named version of a service's upstream: C{upstream} names an upstream
+    of L{GatewayConfig.upstreams} (an inline one has a generated name,
+    C{service/SERVICE/VERSION}).
+    """
+
+    version: str
+    upstream: str
+
+
+@attrs.frozen
+class ServiceRoute:
+    """
+    A route of a service: its C{paths} (router patterns, joined to the
+    service's C{path_prefix}) and C{methods} (C{"*"} for any).
+    """
+
+    name: str
+    paths: Tuple[str, ...]
+    methods: Tuple[str, ...] = ("*",)
+    strip_path_prefix: bool = False
+    published: bool = True
+    plugins: Tuple[FilterSpec, ...] = ()
+
+
+@attrs.frozen
+class ServiceConfig:
+    """
+    An API7-style service: routes served on C{hosts} below C{path_prefix},
+    forwarded to one of its upstream versions.
+
+    @ivar routers: the routers whose rules get the service's routes.
+    @ivar protocols: C{http}, C{https} or both; an C{https}-only service
+        redirects plain HTTP requests to an HTTPS entry.
+    @ivar trusted_proxies: peers whose C{X-Forwarded-Proto: https} counts
+        as HTTPS.
+    """
+
+    name: str
+    description: str = ""
+    published: bool = True
+    routers: Tuple[str, ...] = ("default",)
+    protocols: Tuple[str, ...] = ("http", "https")
+    hosts: Tuple[str, ...] = ()
+    path_prefix: str = ""
+    plugins: Tuple[FilterSpec, ...] = ()
+    trusted_proxies: Tuple[IPNetwork, ...] = attrs.field(default=(), converter=_client_ips)
+    upstreams: Tuple[UpstreamVersion, ...] = ()
+    upstream_in_use: str = "default"
+    canary: Optional[CanaryConfig] = None
+    routes: Tuple[ServiceRoute, ...] = ()
+
+    @property
+    def version_in_use(self) -> str:
+        """The version requests go to outside the canary (a finished canary's)."""
+        if self.canary is not None and self.canary.state == "finished":
+            return self.canary.version
+        return self.upstream_in_use
+
+    def upstream(self, version: str) -> str:
+        """The upstream name of C{version}."""
+        for item in self.upstreams:
+            if item.version == version:
+                return item.upstream
+        raise KeyError(version)
 
 
 @attrs.frozen
@@ -308,6 +576,40 @@ class FloatingIPConfig:
 
 
 @attrs.frozen
+class ApiSecurity:
+    """The admin API's basic auth: when enabled, every endpoint asks for it."""
+
+    enabled: bool = False
+    username: str = "admin"
+    password: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen
+class ApiConfig:
+    """
+    INFINI's C{api:} section: the admin API (health, stats, metrics,
+    reload).  Off unless the section is there; on loopback unless the
+    operator says otherwise.
+    """
+
+    enabled: bool = False
+    network: Network = Network(host="127.0.0.1", port=2900)
+    tls: EntryTLS = EntryTLS()
+    security: ApiSecurity = ApiSecurity()
+
+
+@attrs.frozen
+class ConfigsConfig:
+    """
+    INFINI's C{configs:} section: with C{auto_reload}, the file is checked
+    every C{interval} seconds and reloaded when it changed.
+    """
+
+    auto_reload: bool = False
+    interval: float = 1.0
+
+
+@attrs.frozen
 class GatewayConfig:
     """
     The whole gateway.yml.
@@ -325,6 +627,11 @@ class GatewayConfig:
     upstreams: Tuple[UpstreamConfig, ...] = ()
     elasticsearch: Tuple[ElasticsearchConfig, ...] = ()
     floating_ip: FloatingIPConfig = FloatingIPConfig()
+    services: Tuple[ServiceConfig, ...] = ()
+    api: ApiConfig = ApiConfig()
+    configs: ConfigsConfig = ConfigsConfig()
+    # Seconds a stopping gateway lets requests in flight finish.
+    shutdown_timeout: float = 30.0
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

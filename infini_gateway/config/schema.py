@@ -21,14 +21,16 @@ from typing import Any, Dict, Mapping, Optional
 
 from jsonschema import Draft202012Validator
 
-from infini_gateway.config.model import CLIENT_IP_EXPECTED, HTTP_METHODS
+from infini_gateway.config.model import CLIENT_IP_EXPECTED, ENTRY_PROTOCOLS, HTTP_METHODS
 from infini_gateway.config.upstreams import elasticsearch_schema, upstream_schema
+from infini_gateway.config.services import service_schema
+from infini_gateway.config import _parts as parts, operating
 from infini_gateway.config.values import (
     BINDING_EXPECTED,
-    DURATION_EXPECTED,
     FILTER_ITEM_EXPECTED,
 )
 from infini_gateway.filters import filter_class, filter_schemas
+from infini_gateway.intentions import intentions_schema
 
 SCHEMA_ID = "urn:infini-gateway:gateway.schema.json"
 SCHEMA_FILE = "gateway.schema.json"
@@ -37,30 +39,23 @@ Schema = Dict[str, Any]
 
 
 def _string(title: str, description: str, **extra: Any) -> Schema:
-    return {"title": title, "description": description, "type": "string", **extra}
+    return parts.string(description, title, **extra)
 
 
 def _boolean(title: str, description: str) -> Schema:
-    return {"title": title, "description": description, "type": "boolean"}
+    return parts.boolean(description, title)
 
 
 def _one_or_list(title: str, description: str, item: Schema, expected: str) -> Schema:
-    return {
-        "title": title,
-        "description": description,
-        "errorMessage": expected,
-        "anyOf": [item, {"type": "array", "items": item, "minItems": 1}],
-    }
+    return parts.one_or_list(description, item, expected, title)
 
 
 def _duration(title: str, description: str) -> Schema:
-    return {
-        "title": title,
-        "description": description
-        + " Written 500ms, 3s, 1m or 1h; a number is seconds.",
-        "type": ["string", "number"],
-        "errorMessage": DURATION_EXPECTED,
-    }
+    return parts.duration(description, title)
+
+
+def _byte_size(title: str, description: str) -> Schema:
+    return parts.byte_size(description, title)
 
 
 def _name(what: str) -> Schema:
@@ -141,6 +136,22 @@ def _entry_tls() -> Schema:
             "skip_insecure_verify": _boolean(
                 "skip_insecure_verify", "Do not verify client certificates."
             ),
+            "client_ca_file": _string(
+                "client_ca_file",
+                "PEM CA certificates: clients are asked for a certificate issued"
+                " by one of them, whose identity (URI SAN, else DNS SAN, else CN)"
+                " filters and intentions see.",
+                minLength=1,
+            ),
+            "client_auth": {
+                "title": "client_auth",
+                "description": "With client_ca_file: required (default; no"
+                " certificate, no handshake) or optional (a client without one"
+                " is anonymous).",
+                "type": "string",
+                "enum": ["required", "optional"],
+                "errorMessage": "required or optional",
+            },
         },
     }
 
@@ -171,8 +182,66 @@ def _entry() -> Schema:
                 "idle_timeout",
                 "Idle keep-alive connections are closed after this long (default 30s).",
             ),
+            "read_timeout": _duration(
+                "read_timeout",
+                "A client has this long to send a request head, and at most this"
+                " long between two reads of a body; then 408 (default 30s).",
+            ),
+            "write_timeout": _duration(
+                "write_timeout",
+                "A response the client does not read for this long is cut (default 30s).",
+            ),
+            "max_header_size": _byte_size(
+                "max_header_size",
+                "Bytes of a request line and headers together; more gets a 431"
+                " (default 64kb).",
+            ),
+            "max_request_body_size": _byte_size(
+                "max_request_body_size",
+                "Bytes of a request body; more gets a 413 (default 200mb).",
+            ),
+            "max_conns_per_ip": {
+                "title": "max_conns_per_ip",
+                "description": "Open connections per client address; more get a"
+                " 429 and are closed (default 0: no limit).",
+                "type": "integer",
+                "minimum": 0,
+            },
             "network": _network(),
             "tls": _entry_tls(),
+            "protocol": {
+                "title": "protocol",
+                "description": "http (default): the router's flows; tcp: raw TCP"
+                " to one upstream; sni: TLS passed through, unopened, to the"
+                " upstream its server name routes to.",
+                "type": "string",
+                "enum": list(ENTRY_PROTOCOLS),
+                "errorMessage": "one of " + ", ".join(ENTRY_PROTOCOLS),
+            },
+            "upstream": _string(
+                "upstream",
+                "protocol tcp: the upstream every connection is forwarded to.",
+                minLength=1,
+            ),
+            "sni_routes": {
+                "title": "sni_routes",
+                "description": "protocol sni: server name -> upstream name."
+                " Exact names first, then *.suffix (any name below suffix,"
+                " longest first), then the key default.",
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "client_hello_timeout": _duration(
+                "client_hello_timeout",
+                "protocol sni: a client that has not sent its whole ClientHello"
+                " by then is closed (default 5s).",
+            ),
+            "intentions": intentions_schema(
+                "protocol tcp, with tls.client_ca_file: which client identities"
+                " may connect; the first rule whose source matches decides, else"
+                " default (deny when not given)."
+            ),
         },
     }
 
@@ -475,6 +544,10 @@ def build_schema(filters: Optional[Mapping[str, Schema]] = None) -> Schema:
             "upstream": upstream_schema(),
             "elasticsearch": elasticsearch_schema(),
             "floating_ip": _floating_ip(),
+            "service": service_schema(_filter_item(filters)),
+            "api": operating.api_schema(_network(), _entry_tls()),
+            "configs": operating.configs_schema(),
+            "shutdown_timeout": operating.shutdown_timeout_schema(),
         },
     }
 

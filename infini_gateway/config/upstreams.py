@@ -16,12 +16,17 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from infini_gateway.config import _parts as parts
 from infini_gateway.config._document import Document
-from infini_gateway.config._errors import did_you_mean
 from infini_gateway.config.model import (
+    ActiveHealthCheck,
+    ActiveHealthy,
+    ActiveUnhealthy,
     ElasticsearchConfig,
     EndpointConfig,
+    HealthCheck,
     KeepalivePool,
+    PassiveHealthCheck,
     Timeouts,
     UpstreamConfig,
     UpstreamTLS,
@@ -40,12 +45,7 @@ URL_EXPECTED = "an endpoint URL such as http://127.0.0.1:9001"
 
 
 def _duration(description: str) -> Schema:
-    return {
-        "description": description + " Written 500ms, 3s, 1m; a number is seconds;"
-        " 0 means no limit.",
-        "type": ["string", "number"],
-        "errorMessage": DURATION_EXPECTED,
-    }
+    return parts.duration(description, zero_is_off=True)
 
 
 def _object(description: str, properties: Schema, **extra: Any) -> Schema:
@@ -95,9 +95,150 @@ def _tls_schema() -> Schema:
     )
 
 
+HEALTH_CHECK_TYPES = ("http", "https", "tcp")
+REQ_HEADER_EXPECTED = "a header written 'Name: value'"
+
+
+def _count(description: str, minimum: int = 1) -> Schema:
+    return {"description": description, "type": "integer", "minimum": minimum}
+
+
+def _statuses(description: str) -> Schema:
+    return {
+        "description": description,
+        "type": "array",
+        "items": {"type": "integer", "minimum": 200, "maximum": 599},
+    }
+
+
+def _positive_duration(description: str) -> Schema:
+    return {
+        "description": description + " Written 500ms, 3s, 1m; a number is seconds;"
+        " above 0.",
+        "type": ["string", "number"],
+        "errorMessage": DURATION_EXPECTED,
+    }
+
+
+def health_check_schema() -> Schema:
+    """C{health_check: {active, passive}}."""
+    active = _object(
+        "Probes sent to every endpoint on a timer, from the start.",
+        {
+            "type": {
+                "description": "http, https or tcp (a connection only; default http).",
+                "type": "string",
+                "enum": list(HEALTH_CHECK_TYPES),
+                "errorMessage": "one of " + ", ".join(HEALTH_CHECK_TYPES),
+            },
+            "timeout": _positive_duration("Longest time a probe may take (default 1s)."),
+            "http_path": {
+                "description": "The path probed (default /).",
+                "type": "string",
+                "pattern": "^/",
+                "errorMessage": "a path beginning with /",
+            },
+            "host": {
+                "description": "Host header and TLS server name of probes"
+                " (default: the endpoint's).",
+                "type": "string",
+                "minLength": 1,
+            },
+            "port": {
+                "description": "Port probed (default: the endpoint's).",
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 65535,
+            },
+            "req_headers": {
+                "description": "Headers sent with probes, each 'Name: value'.",
+                "type": "array",
+                "items": {"type": "string", "errorMessage": REQ_HEADER_EXPECTED},
+            },
+            "https_verify_certificate": {
+                "description": "Verify the certificate of https probes (default true;"
+                " the upstream's tls.verify false turns it off too).",
+                "type": "boolean",
+            },
+            "healthy": _object(
+                "When a probed endpoint is healthy again.",
+                {
+                    "interval": _positive_duration(
+                        "Time between probes of a healthy endpoint (default 1s)."
+                    ),
+                    "successes": _count("Successful probes in a row (default 2)."),
+                    "http_statuses": _statuses("Statuses of success (default [200, 302])."),
+                },
+            ),
+            "unhealthy": _object(
+                "When a probed endpoint becomes unhealthy.",
+                {
+                    "interval": _positive_duration(
+                        "Time between probes of an unhealthy endpoint (default 1s)."
+                    ),
+                    "http_failures": _count(
+                        "Probes in a row answered with a failure status (default 5)."
+                    ),
+                    "tcp_failures": _count(
+                        "Probes in a row that could not connect or broke (default 2)."
+                    ),
+                    "timeouts": _count("Probes in a row that timed out (default 3)."),
+                    "http_statuses": _statuses(
+                        "Statuses of failure (default [429, 404, 500, 501, 502, 503,"
+                        " 504, 505])."
+                    ),
+                },
+            ),
+        },
+    )
+    passive = _object(
+        "Ejection of endpoints from the outcomes of real requests (Envoy's"
+        " outlier detection); an ejected endpoint comes back by itself.",
+        {
+            "consecutive_5xx": _count(
+                "5xx answers or failures in a row that eject (default 5; 0: not used).", 0
+            ),
+            "consecutive_gateway_failure": _count(
+                "502, 503, 504 or connection failures in a row that eject"
+                " (default 5; 0: not used).",
+                0,
+            ),
+            "consecutive_timeouts": _count(
+                "Timeouts in a row that eject (default 3; 0: not used).", 0
+            ),
+            "base_ejection_time": _positive_duration(
+                "Ejection time, times the number of ejections so far (default 30s)."
+            ),
+            "max_ejection_time": _positive_duration(
+                "Longest ejection (default 300s, or base_ejection_time if longer)."
+            ),
+            "max_ejection_percent": {
+                "description": "At most this percentage of the endpoints is ejected"
+                " at a time (default 50).",
+                "type": "number",
+                "minimum": 0,
+                "maximum": 100,
+            },
+        },
+    )
+    return _object(
+        "Health checks of the endpoints: active probes, passive ejection, or both.",
+        {"active": active, "passive": passive},
+    )
+
+
 def _engine_properties() -> Schema:
     """The keys an upstream and a cluster share."""
     return {
+        "health_check": health_check_schema(),
+        "panic_threshold": {
+            "description": "Percentage: when fewer endpoints than that are healthy,"
+            " balance across all of them (default 0: never; with every endpoint"
+            " unhealthy the answer is then 503).",
+            "type": "number",
+            "minimum": 0,
+            "maximum": 100,
+        },
         "balancer": {
             "description": "How an endpoint is picked (default roundrobin).",
             "type": "string",
@@ -366,12 +507,73 @@ def _check_engine(doc: Document, path: Path, item: dict) -> None:
         )
     if item.get("pass_host") == "rewrite" and "upstream_host" not in item:
         doc.problem(path + ("pass_host",), "expected upstream_host too (the Host to send)")
+    health = item.get("health_check")
+    if isinstance(health, dict):
+        _check_health(doc, path + ("health_check",), health)
     tls = item.get("tls")
     if isinstance(tls, dict):
         if "cert_file" in tls and "key_file" not in tls:
             doc.problem(path + ("tls", "cert_file"), "expected key_file too")
         if "key_file" in tls and "cert_file" not in tls:
             doc.problem(path + ("tls", "key_file"), "expected cert_file too")
+
+
+def _positive(doc: Document, path: Path, value: Any) -> Optional[float]:
+    """The duration at C{path}, when valid; a problem when not above 0."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        doc.problem(path, str(e))
+        return None
+    if seconds <= 0:
+        doc.problem(path, f"expected a duration above 0, got {got(value)}")
+        return None
+    return seconds
+
+
+def _check_health(doc: Document, path: Path, health: dict) -> None:
+    active = health.get("active")
+    if isinstance(active, dict):
+        a_path = path + ("active",)
+        if "timeout" in active:
+            _positive(doc, a_path + ("timeout",), active["timeout"])
+        for state in ("healthy", "unhealthy"):
+            part = active.get(state)
+            if isinstance(part, dict) and "interval" in part:
+                _positive(doc, a_path + (state, "interval"), part["interval"])
+        for k, header in enumerate(_list(active.get("req_headers"))):
+            if isinstance(header, str) and not _header_name(header):
+                doc.problem(
+                    a_path + ("req_headers", k),
+                    f"expected {REQ_HEADER_EXPECTED}, got {got(header)}",
+                )
+    passive = health.get("passive")
+    if isinstance(passive, dict):
+        p_path = path + ("passive",)
+        times = {}
+        for key in ("base_ejection_time", "max_ejection_time"):
+            if key in passive:
+                times[key] = _positive(doc, p_path + (key,), passive[key])
+        base, max_time = times.get("base_ejection_time"), times.get("max_ejection_time")
+        if base is not None and max_time is not None and max_time < base:
+            doc.problem(
+                p_path + ("max_ejection_time",),
+                f"expected at least base_ejection_time ({passive['base_ejection_time']}),"
+                f" got {got(passive['max_ejection_time'])}",
+            )
+
+
+def _header_name(header: str) -> Optional[str]:
+    """The name of a C{Name: value} header, or None when it is not one."""
+    name, sep, value = header.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c in name or c in value for c in "\r\n"):
+        return None
+    if " " in name or "\t" in name:
+        return None
+    return name
 
 
 def _check_host_port(doc: Document, path: Path, schema: Any, host: Any) -> None:
@@ -404,20 +606,6 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
-def _reference(
-    doc: Document, path: Path, name: Any, what: str, names: Optional[Sequence[str]]
-) -> bool:
-    if names is None or not isinstance(name, str) or name in names:
-        return True
-    known = f"{what}s: {', '.join(names)}" if names else f"no {what}s are defined"
-    doc.problem(
-        path,
-        f"expected the name of {'an' if what[0] in 'aeiou' else 'a'} {what},"
-        f" got {got(name)} ({did_you_mean(name, names)}{known})",
-    )
-    return False
-
-
 def _check_filters(
     doc: Document, upstreams: Optional[Dict[str, dict]], clusters: Optional[Dict[str, dict]]
 ) -> None:
@@ -430,14 +618,14 @@ def _check_filters(
                 continue
             path: Path = ("flow", i, "filter", j, name)
             if name == "proxy":
-                _reference(doc, path + ("upstream",), params.get("upstream"), "upstream",
+                parts.reference(doc, path + ("upstream",), params.get("upstream"), "upstream",
                            None if upstreams is None else list(upstreams))
                 timeout = params.get("timeout")
                 for key, value in (timeout.items() if isinstance(timeout, dict) else ()):
                     _check_duration(doc, path + ("timeout", key), value)
             elif name == "elasticsearch":
                 cluster = params.get("elasticsearch")
-                known = _reference(doc, path + ("elasticsearch",), cluster,
+                known = parts.reference(doc, path + ("elasticsearch",), cluster,
                                    "elasticsearch cluster",
                                    None if clusters is None else list(clusters))
                 if known and clusters is not None and isinstance(cluster, str):
@@ -535,9 +723,63 @@ def _engine(name: str, endpoints: Sequence[EndpointConfig], item: Mapping[str, A
             key_file=tls.get("key_file"),
             sni=tls.get("sni"),
         ),
+        health_check=_health_check(item.get("health_check", {})),
+        panic_threshold=float(item.get("panic_threshold", 0)),
     )
     fields.update(extra)
     return UpstreamConfig(**fields)
+
+
+def _health_check(value: Mapping[str, Any]) -> HealthCheck:
+    active = passive = None
+    if "active" in value:
+        item = value["active"]
+        good, bad = item.get("healthy", {}), item.get("unhealthy", {})
+        healthy, unhealthy = ActiveHealthy(), ActiveUnhealthy()
+        active = ActiveHealthCheck(
+            type=item.get("type", "http"),
+            timeout=parse_duration(item.get("timeout", ActiveHealthCheck().timeout)),
+            http_path=item.get("http_path", "/"),
+            host=item.get("host"),
+            port=item.get("port"),
+            req_headers=tuple(
+                (_header_name(h) or "", h.partition(":")[2].strip())
+                for h in item.get("req_headers", ())
+            ),
+            https_verify_certificate=item.get("https_verify_certificate", True),
+            healthy=ActiveHealthy(
+                interval=parse_duration(good.get("interval", healthy.interval)),
+                successes=good.get("successes", healthy.successes),
+                http_statuses=tuple(good.get("http_statuses", healthy.http_statuses)),
+            ),
+            unhealthy=ActiveUnhealthy(
+                interval=parse_duration(bad.get("interval", unhealthy.interval)),
+                http_failures=bad.get("http_failures", unhealthy.http_failures),
+                tcp_failures=bad.get("tcp_failures", unhealthy.tcp_failures),
+                timeouts=bad.get("timeouts", unhealthy.timeouts),
+                http_statuses=tuple(bad.get("http_statuses", unhealthy.http_statuses)),
+            ),
+        )
+    if "passive" in value:
+        item, defaults = value["passive"], PassiveHealthCheck()
+        base = parse_duration(item.get("base_ejection_time", defaults.base_ejection_time))
+        passive = PassiveHealthCheck(
+            consecutive_5xx=item.get("consecutive_5xx", defaults.consecutive_5xx),
+            consecutive_gateway_failure=item.get(
+                "consecutive_gateway_failure", defaults.consecutive_gateway_failure
+            ),
+            consecutive_timeouts=item.get(
+                "consecutive_timeouts", defaults.consecutive_timeouts
+            ),
+            base_ejection_time=base,
+            max_ejection_time=parse_duration(
+                item.get("max_ejection_time", max(base, defaults.max_ejection_time))
+            ),
+            max_ejection_percent=float(
+                item.get("max_ejection_percent", defaults.max_ejection_percent)
+            ),
+        )
+    return HealthCheck(active=active, passive=passive)
 
 
 def _endpoint(value: Any) -> EndpointConfig:

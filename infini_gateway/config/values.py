@@ -83,6 +83,34 @@ def parse_duration(value: Union[str, int, float]) -> float:
     return seconds
 
 
+BYTE_SIZE_EXPECTED = "a size in bytes, or such as 64kb, 200mb or 1gb"
+# For the JSON Schema: the strings parse_byte_size accepts.
+BYTE_SIZE_PATTERN = "^\\s*[0-9]+\\s*([kKmMgG][iI]?[bB]?|[bB])?\\s*$"
+_BYTE_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_byte_size(value: Union[str, int]) -> int:
+    """
+    Bytes from C{65536}, C{"64kb"}, C{"200mb"}, C{"1gb"} (also C{k},
+    C{kib}, C{m}, C{g}: every unit is a power of 1024).
+
+    @raise ValueError: anything else, or less than one byte.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected {BYTE_SIZE_EXPECTED}, got {got(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _BYTE_SIZE.match(value)
+        if match is None:
+            raise ValueError(f"expected {BYTE_SIZE_EXPECTED}, got {got(value)}")
+        size = int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "").lower()[:1]]
+    if size < 1:
+        raise ValueError(f"expected {BYTE_SIZE_EXPECTED} of at least 1 byte, got {got(value)}")
+    return size
+
+
 def check_host(host: str) -> str:
     """
     Check that C{host} is an IP address (IPv6 without brackets) or a host

@@ -7,6 +7,7 @@ from infini_gateway.filters import (  # noqa: F401
     echo,
     elasticsearch,
     http,
+    intentions,
     logging,
     proxy,
     redirect,

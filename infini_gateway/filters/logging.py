@@ -28,12 +28,13 @@ and no fsync, and closed when the gateway stops.
 
 import json
 import os
-import re
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 from twisted.python.logfile import LogFile
 
+from infini_gateway.config import _parts
+from infini_gateway.config.values import parse_byte_size
 from infini_gateway.filters import Filter, register
 from infini_gateway.filters.dump import redacted
 from infini_gateway.tracing import HeaderPairs, TraceRecord, trace_record
@@ -41,35 +42,6 @@ from infini_gateway.tracing import HeaderPairs, TraceRecord, trace_record
 DEFAULT_FILE = "requests.log"
 DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024
 DEFAULT_MAX_FILES = 10
-SIZE_EXPECTED = "a size in bytes, or such as 512kb, 100mb or 1gb"
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_PATTERN = "^\\s*[0-9]+\\s*([kKmMgG][iI]?[bB]?|[bB])?\\s*$"
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(value: Union[int, str]) -> int:
-    """
-    Bytes from C{1048576}, C{"512kb"}, C{"100mb"}, C{"1gb"} (also C{k},
-    C{kib}, C{m}, C{g}: every unit is a power of 1024).
-
-    @raise ValueError: anything else, or zero.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected {SIZE_EXPECTED}, got {value!r}")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        if match is None:
-            raise ValueError(f"expected {SIZE_EXPECTED}, got {value!r}")
-        unit = (match.group(2) or "").lower()[:1]
-        size = int(match.group(1)) * _UNITS[unit]
-    if size < 1:
-        raise ValueError(f"expected {SIZE_EXPECTED} of at least 1 byte, got {value!r}")
-    return size
-
-
 def _headers(pairs: HeaderPairs) -> Dict[str, str]:
     joined: Dict[str, str] = {}
     for name, value in pairs:
@@ -154,14 +126,7 @@ class Logging(Filter):
                 "minLength": 1,
                 "description": "The log file; default <path.logs>/requests.log.",
             },
-            "max_file_size": {
-                "anyOf": [
-                    {"type": "integer", "minimum": 1},
-                    {"type": "string", "pattern": _SIZE_PATTERN, "errorMessage": SIZE_EXPECTED},
-                ],
-                "errorMessage": SIZE_EXPECTED,
-                "description": "Rotate past this size; default 100mb.",
-            },
+            "max_file_size": _parts.byte_size("Rotate past this size; default 100mb."),
             "max_files": {
                 "type": "integer",
                 "minimum": 1,
@@ -188,7 +153,7 @@ class Logging(Filter):
             raise ValueError(f"max_files: expected an integer of at least 1, got {max_files!r}")
         self.log = RequestLog(
             os.path.expanduser(path),
-            parse_size(params.get("max_file_size", DEFAULT_MAX_FILE_SIZE)),
+            parse_byte_size(params.get("max_file_size", DEFAULT_MAX_FILE_SIZE)),
             max_files,
         )
         self._include_headers = params.get("include_headers", True)

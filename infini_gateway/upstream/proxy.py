@@ -24,7 +24,11 @@ going away cancels the upstream request, at any stage.
 
 Balancer bookkeeping: C{on_request_start} before each attempt, and
 C{on_request_end} once the attempt is over (the body relayed, or the
-failure), with the time to the response headers.
+failure), with the time to the response headers.  Health: every attempt's
+outcome (its status, or its failure) goes to the upstream's passive checks,
+retries included; below C{panic_threshold} healthy endpoints, the balancer
+picks among unhealthy ones too, and with none available and no panic the
+answer is C{503} at once.
 """
 
 from typing import IO, Any, Optional, Set, Tuple
@@ -153,25 +157,36 @@ class _Forwarder:
         key = hash_key(self.request, config, self.client_ip)
         tried: Set[EndpointState] = set()
         failure: Optional[AttemptFailure] = None
+        # The gateway's metrics, when it keeps them.
+        observer = self.upstream.observer
+        outcome: Optional[AttemptFailure] = None
         for attempt in range(self.retries + 1):
             if self.deadline is not None and self.clock.seconds() >= self.deadline:
                 failure = timed_out("retry_timeout")
                 break
-            endpoint = self.upstream.balancer.pick(key, exclude=frozenset(tried))
+            # Below panic_threshold, unhealthy endpoints are picked too.
+            panic = self.upstream.health.panicking()
+            endpoint = self.upstream.balancer.pick(
+                key, exclude=frozenset(tried), include_unhealthy=panic
+            )
             if endpoint is None:
                 failure = failure or no_endpoint(len(tried))
                 break
             tried.add(endpoint)
             last = attempt == self.retries or not candidates(
-                self.upstream.endpoints, tried
+                self.upstream.endpoints, tried, include_unhealthy=panic
             )
+            started = self.clock.seconds()
             if upgrade:
                 outcome = await self._tunnel(endpoint)
             else:
                 outcome = await self._exchange(endpoint, last)
+            if observer is not None:
+                observer.attempted(endpoint, attempt, self.clock.seconds() - started, outcome)
             if outcome is None:
                 return
             failure = outcome
+            self.upstream.health.report_failure(endpoint, failure)
             log.warn(
                 "upstream {upstream}: {method} {uri} to {endpoint}: {reason}",
                 upstream=self.upstream.name,
@@ -186,6 +201,8 @@ class _Forwarder:
                 break
         if failure is None:
             failure = no_endpoint(len(tried))
+        if observer is not None and failure is not outcome:
+            observer.gave_up(failure)
         self.ctx.answer_json(failure.status, failure.document(self.upstream.name))
 
     def _check_gone(self) -> None:
@@ -292,6 +309,8 @@ class _Forwarder:
                 balancer.on_request_end(endpoint, elapsed, False)
                 return candidate
 
+        # A failed attempt is reported by run(); this one has its answer.
+        self.upstream.health.request_outcome(endpoint, response.code)
         failed = True
         try:
             failed = await self._relay(response)
@@ -409,6 +428,7 @@ class _Forwarder:
                 remaining = 0
             elif lengths and lengths[0].strip().isdigit():
                 remaining = int(lengths[0])
+        self.upstream.health.request_outcome(endpoint, status)
         self.ctx.response.status = status
         self.ctx.response.sent = True
         splice = Splice(

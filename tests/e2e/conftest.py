@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
-LISTENING = re.compile(r"entry (\S+) listening on (https?)://(\S+)")
+LISTENING = re.compile(r"entry (\S+) listening on ([a-z]+)://(\S+)")
 START_TIMEOUT = 30.0
 
 

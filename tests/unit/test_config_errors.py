@@ -159,10 +159,10 @@ def test_unknown_top_level_key(problems):
         == [
             "gateway.yml:2: entries: unknown key 'entries' (did you mean 'entry'?"
             " expected one of: path, entry, router, flow, upstream, elasticsearch,"
-            " floating_ip)",
+            " floating_ip, service, api, configs, shutdown_timeout)",
             "gateway.yml:3: xyzzy: unknown key 'xyzzy'"
             " (expected one of: path, entry, router, flow, upstream, elasticsearch,"
-            " floating_ip)",
+            " floating_ip, service, api, configs, shutdown_timeout)",
         ]
     )
 
@@ -699,6 +699,6 @@ def test_every_problem_once_in_file_order(problems):
             f" 'echo'? valid filters: {', '.join(filter_names())})",
             "gateway.yml:14: pth: unknown key 'pth' (did you mean 'path'?"
             " expected one of: path, entry, router, flow, upstream, elasticsearch,"
-            " floating_ip)",
+            " floating_ip, service, api, configs, shutdown_timeout)",
         ]
     )

@@ -13,7 +13,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web.server import Site
 
 from infini_gateway.config import ConfigError, config_from_dict
-from infini_gateway.filters.logging import DEFAULT_MAX_FILE_SIZE, parse_size
+from infini_gateway.config.values import parse_byte_size as parse_size
+from infini_gateway.filters.logging import DEFAULT_MAX_FILE_SIZE
 from infini_gateway.service import GatewayService
 from tests.unit._site import request
 
@@ -233,7 +234,7 @@ def test_default_size():
 @pytest.mark.parametrize(
     "params, expected",
     [
-        ({"max_file_size": "big"}, "a size in bytes, or such as 512kb, 100mb or 1gb"),
+        ({"max_file_size": "big"}, "a size in bytes, or such as 64kb, 200mb or 1gb"),
         ({"max_file_size": 0}, "logging.max_file_size: expected at least 1"),
         ({"max_files": 0}, "max_files"),
         ({"include_headers": "yes"}, "include_headers"),

@@ -240,3 +240,16 @@ def test_unreadable_tls_file_is_a_config_error(tmp_path):
     (problem,) = caught.value.problems
     assert problem.startswith("<dict>: upstream 'api': tls.ca_file ")
     assert problem.endswith("missing.pem: no such file")
+
+
+def test_keepalive_pool_without_idle_timeout_takes_the_default():
+    """A keepalive_pool naming only its size keeps the default idle timeout."""
+    config = config_from_dict(
+        {
+            "upstream": [
+                {"name": "a", "endpoints": ["http://127.0.0.1:1"], "keepalive_pool": {"size": 4}}
+            ]
+        }
+    )
+    pool = config.upstreams[0].keepalive_pool
+    assert (pool.size, pool.idle_timeout) == (4, 60.0)
