@@ -64,6 +64,7 @@ TARGETS = (
     "bare-treq",
     "gateway-minimal",
     "gateway-full",
+    "gateway-full-2w",
 )
 REFERENCE = "nginx-proxy-1w"
 SECTION = "## Proxy throughput"
@@ -357,7 +358,7 @@ def health_check(features):
 LISTENING = re.compile(r"entry (\S+) listening on (https?)://(\S+)")
 
 
-def start_gateway(args, tmp, python, label, config):
+def start_gateway(args, tmp, python, label, config, extra=()):
     config_path = Path(tmp) / f"{label}.yml"
     write_json_yaml(config_path, config)
     env = gateway_env(args, tmp)
@@ -367,6 +368,7 @@ def start_gateway(args, tmp, python, label, config):
         "infini-gateway",
         "--config",
         str(config_path),
+        *extra,
     ]
     process = Process(label, cmd, tmp, env=env)
     deadline = time.monotonic() + 60
@@ -610,7 +612,8 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
         " proxy filter to one endpoint; `gateway-full` 100 rules (the one matched last),"
         " `set_request_header` then proxy, two endpoints round robin, an access log (the"
         " `logging` filter as tracing flow) and health checks where the gateway has them (see"
-        " below). Peak RSS is VmHWM (nginx: master and workers summed); target CPU is in percent"
+        " below); `gateway-full-2w` the same with `--workers 2`. Peak RSS is VmHWM (nginx, and"
+        " the gateway with workers: supervisor and workers summed); target CPU is in percent"
         " of one core; other CPU is what processes outside the benchmark used meanwhile (percent"
         " of one core): more than a few percent means the figures are low.",
     ]
@@ -775,7 +778,7 @@ def run(args, stack):
                 measured("bare-treq", interp, url, process, warmup=warmup)
             finally:
                 process.stop()
-        variants = [v for v in ("minimal", "full") if f"gateway-{v}" in args.targets]
+        variants = [v for v in ("minimal", "full", "full-2w") if f"gateway-{v}" in args.targets]
         if not variants:
             continue
         features = gateway_features(python, env)
@@ -791,11 +794,18 @@ def run(args, stack):
         for variant in variants:
             name = f"gateway-{variant}"
             config, variant_notes = gateway_config(
-                variant, features, tmp, backend_ports, path=args.path
+                variant.replace("-2w", ""), features, tmp, backend_ports, path=args.path
             )
+            extra = ()
+            if variant.endswith("-2w"):
+                # Workers share a fixed port (SO_REUSEPORT).
+                config["entry"][0]["network"]["binding"] = f"127.0.0.1:{free_port()}"
+                extra = ("--workers", "2")
             notes += [f"{name} ({interp}): {note}" for note in variant_notes]
             try:
-                process, url = start_gateway(args, tmp, python, f"{name}-{interp.lower()}", config)
+                process, url = start_gateway(
+                    args, tmp, python, f"{name}-{interp.lower()}", config, extra
+                )
             except TargetFailed as e:
                 say(str(e))
                 notes.append(f"{name} ({interp}) did not start: {last_line(e)}")

@@ -1,10 +1,10 @@
 """
-Flows: filters run in order as one Deferred chain over a request context.
+Flows: filters run in order over a request context, as one Deferred.
 """
 
 from typing import Any, Iterable, Mapping, Sequence, Tuple
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.python.failure import Failure
 
 from infini_gateway.config import ConfigError
@@ -52,17 +52,44 @@ class Flow:
         @return: a Deferred that fires with None, or fails with
             L{FilterFailed}; cancelling it cancels the filter now waiting.
         """
-        return ensureDeferred(self._run(ctx))
-
-    async def _run(self, ctx: RequestContext) -> None:
-        for flow_name, filter_name, step in self.steps:
+        # Most filters answer at once: they run in a plain loop, and a
+        # coroutine is made only from the first filter that returns
+        # something to wait for (a coroutine and its Deferred cost more
+        # than the filters themselves).
+        steps = self.steps
+        for index, (flow_name, filter_name, step) in enumerate(steps):
             if ctx.stopped:
-                return
+                break
             ctx.flow, ctx.filter = flow_name, filter_name
             try:
                 result = step.filter(ctx)
+            except CancelledError:
+                return fail()
+            except Exception:
+                return fail(FilterFailed(flow_name, filter_name, Failure()))
+            if result is not None:
+                return ensureDeferred(self._resume(ctx, index, result))
+        return succeed(None)
+
+    async def _resume(self, ctx: RequestContext, index: int, result: Any) -> None:
+        """Wait for the step at C{index}'s C{result}, then run the rest."""
+        steps = self.steps
+        while True:
+            flow_name, filter_name, _ = steps[index]
+            try:
                 if result is not None:
                     await result
+            except CancelledError:
+                raise
+            except Exception:
+                raise FilterFailed(flow_name, filter_name, Failure())
+            index += 1
+            if index == len(steps) or ctx.stopped:
+                return
+            flow_name, filter_name, step = steps[index]
+            ctx.flow, ctx.filter = flow_name, filter_name
+            try:
+                result = step.filter(ctx)
             except CancelledError:
                 raise
             except Exception:

@@ -800,6 +800,7 @@ class GatewaySite(Site):
 
     C{CONNECT} is accepted when the resource is a router with a rule naming
     it (checked again when the resource is swapped), or when C{limits} says.
+    It writes no access log of its own (see L{log}).
     """
 
     protocol = GatewayChannel
@@ -833,6 +834,13 @@ class GatewaySite(Site):
         channel = super().buildProtocol(addr)
         channel.limits = self.channel_limits()
         return channel
+
+    def log(self, request: Any) -> None:
+        """
+        Write nothing: the access log is the C{logging} filter (run as a
+        router's C{tracing_flow}).  twisted.web's own line per request, in
+        the twistd log, repeated it at about a tenth of the gateway's time.
+        """
 
 
 def entry_limits(entry: Any) -> HTTPLimits:

@@ -128,6 +128,7 @@ class Reloader:
         @raise ReloadError: it could not be applied (nothing changed).
         """
         gateway = self.gateway
+        config = gateway.adapt_config(config)
         problems = _service_removal_problems(gateway.config, config)
         if problems:
             self._refused(problems)

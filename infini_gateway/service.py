@@ -202,6 +202,15 @@ class GatewayService(MultiService):
                     self
                 )
 
+    @staticmethod
+    def adapt_config(config: GatewayConfig) -> GatewayConfig:
+        """
+        What this gateway makes of a configuration it loads or reloads:
+        unchanged here; a supervisor or a worker of C{--workers} replaces it
+        (L{infini_gateway.workers}).
+        """
+        return config
+
     def reload(self, config: GatewayConfig) -> Dict[str, Any]:
         """
         Switch to C{config} while serving: see L{infini_gateway.reload}.

@@ -6,6 +6,7 @@ an invalid file stops twistd before anything binds, with one message per
 problem.  ``--check`` stops there too, after printing what would listen.
 """
 
+import os
 import signal
 import sys
 from typing import Any, Optional
@@ -31,9 +32,17 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "gateway.yml", "The configuration file."],
+        [
+            "workers",
+            "w",
+            1,
+            "Worker processes serving the entries (each binds them with SO_REUSEPORT).",
+            int,
+        ],
     ]
     optFlags = [
         ["check", None, "Validate the configuration and exit without binding."],
+        ["worker", None, "Run as one worker of a --workers supervisor (set by it)."],
     ]
 
     def postOptions(self) -> None:
@@ -43,7 +52,15 @@ class Options(usage.Options):
             build_flows(config.flows, Runtime(None, config))
         except ConfigError as e:
             _fail(str(e))
-        if config.floating_ip.enabled and not self["check"]:
+        if self["workers"] < 1:
+            _fail(f"infini-gateway: --workers must be at least 1, not {self['workers']}")
+        if self["workers"] > 1 and not self["check"]:
+            from infini_gateway.workers import sharing_problems
+
+            problems = sharing_problems(config)
+            if problems:
+                _fail("\n".join(problems))
+        if config.floating_ip.enabled and not self["check"] and not self["worker"]:
             from infini_gateway.floating_ip import capability_problem
 
             problem = capability_problem()
@@ -189,6 +206,46 @@ class _TwistdGatewayService(GatewayService):
             _fail(f"infini-gateway: {e}")
 
 
+class _Supervisor(_TwistdGatewayService):
+    """
+    The twistd process of C{--workers N}: the gateway without its entries
+    (the admin API, the floating IP, the file watcher), and the
+    L{infini_gateway.workers.WorkerSupervisor} of the workers that serve
+    them.  A reload reloads it, then the workers (SIGHUP).
+    """
+
+    workers: Any = None
+
+    def reload_file(self, path: Optional[str] = None) -> Any:
+        try:
+            return super().reload_file(path)
+        finally:
+            if self.workers is not None:
+                self.workers.signal_workers("HUP")
+
+
 def makeService(options: Options, reactor: Optional[Any] = None) -> GatewayService:
     config = options.get("gateway_config") or load_config(options["config"])
-    return _TwistdGatewayService(config, reactor)
+    if options.get("worker"):
+        from infini_gateway.workers import ParentWatch, worker_config
+
+        service = _TwistdGatewayService(worker_config(config), reactor)
+        service.adapt_config = worker_config  # type: ignore[method-assign]
+        ParentWatch(service.reactor).setServiceParent(service)
+        return service
+    workers = options.get("workers") or 1
+    if workers == 1:
+        return _TwistdGatewayService(config, reactor)
+    from infini_gateway.workers import WorkerSupervisor, supervisor_config, worker_command
+
+    supervisor = _Supervisor(supervisor_config(config), reactor)
+    supervisor.adapt_config = supervisor_config  # type: ignore[method-assign]
+    parent = getattr(options, "parent", None)
+    logfile = parent.get("logfile") if parent is not None else None
+    logfile = os.path.abspath(logfile) if logfile and logfile != "-" else None
+    command = worker_command(os.path.abspath(options["config"]), logfile)
+    supervisor.workers = WorkerSupervisor(
+        supervisor.reactor, workers, command, config, config.shutdown_timeout
+    )
+    supervisor.workers.setServiceParent(supervisor)
+    return supervisor

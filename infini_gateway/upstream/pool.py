@@ -52,6 +52,23 @@ class NoCookies(CookieJar):
         super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
+@implementer(IStreamClientEndpoint)
+class QuietEndpoint:
+    """
+    A client endpoint whose factories log nothing when they start and stop:
+    the pool makes one factory per connection, and its "Starting factory"
+    and "Stopping factory" lines would come with every new upstream
+    connection.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, protocolFactory: Any) -> Deferred:
+        protocolFactory.noisy = False
+        return self.endpoint.connect(protocolFactory)
+
+
 @implementer(IAgentEndpointFactory)
 class EndpointFactory:
     """
@@ -78,7 +95,9 @@ class EndpointFactory:
         return endpoint
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        return self.endpoint(uri.scheme.decode("ascii"), uri.host.decode("idna"), uri.port)
+        return QuietEndpoint(
+            self.endpoint(uri.scheme.decode("ascii"), uri.host.decode("idna"), uri.port)
+        )
 
 
 class UpstreamClient:
