@@ -15,6 +15,7 @@ chosen as APISIX's C{pass_host} does: the client's (C{pass}), the
 endpoint's (C{node}) or C{upstream_host} (C{rewrite}).
 """
 
+from functools import lru_cache
 from typing import FrozenSet, Iterable, Optional, Set
 
 from twisted.web.http_headers import Headers
@@ -70,11 +71,15 @@ def copy_end_to_end(
 
 def host_value(endpoint: EndpointState) -> bytes:
     """C{host[:port]} of an endpoint, the port left out when it is the default."""
-    host = endpoint.host
+    return _host_value(endpoint.scheme, endpoint.host, endpoint.port)
+
+
+@lru_cache(maxsize=4096)
+def _host_value(scheme: str, host: str, port: int) -> bytes:
     if ":" in host:
         host = f"[{host}]"
-    if _DEFAULT_PORTS.get(endpoint.scheme) != endpoint.port:
-        host = f"{host}:{endpoint.port}"
+    if _DEFAULT_PORTS.get(scheme) != port:
+        host = f"{host}:{port}"
     return host.encode("idna")
 
 

@@ -1,24 +1,26 @@
 """
-The gateway's HTTP client towards upstreams: persistent connection pools,
-Agents, endpoints with the connect timeout and TLS of each upstream.
+The gateway's HTTP client towards upstreams: an agent per upstream with its
+idle connections, endpoints with the connect timeout and TLS of each
+upstream.
 
-Each upstream gets its own L{HTTPConnectionPool}, because Twisted's pool
-applies C{maxPersistentPerHost} and C{cachedConnectionTimeout} to all the
-hosts it holds, and an upstream's C{keepalive_pool} sets them per upstream;
-separate pools also keep connections made with one upstream's TLS identity
-(client certificate, trust roots, SNI) away from any other upstream, even one
-with the same endpoints.  L{ClientPools} owns them all and closes them
-together.
+Each upstream gets its own L{UpstreamAgent} (see
+L{infini_gateway.upstream.client}), because an upstream's
+C{keepalive_pool} sets how many idle connections it keeps per endpoint and
+for how long; separate agents also keep connections made with one
+upstream's TLS identity (client certificate, trust roots, SNI) away from
+any other upstream, even one with the same endpoints.  L{ClientPools} owns
+them all and closes them together.
 
-The proxy uses the Agents directly rather than C{treq.HTTPClient}: it needs
+The proxy uses neither C{treq.HTTPClient} nor Twisted's C{Agent}: it needs
 the raw response (C{length}, C{deliverBody}) and a streaming body producer,
 and treq's wrappers would parse each URL again with hyperlink (IDNA-encoding
 the host), buffer bodies unless told not to, and look cookies up in a jar on
-every request, for nothing a proxy uses.  Twisted's Agent itself handles no
-cookies, follows no redirects and decodes no content, so a Set-Cookie from an
-upstream reaches only the client that caused it.  L{ClientPools.treq_client}
-gives other components (health checks, say) a treq client over a pool of
-their own, with a cookie jar that accepts nothing.
+every request, for nothing a proxy uses; Twisted's Agent costs a third of a
+proxied request's time (see L{infini_gateway.upstream.client}).  Neither
+agent handles cookies, follows redirects or decodes content, so a
+Set-Cookie from an upstream reaches only the client that caused it.
+L{ClientPools.treq_client} gives other components a treq client over a
+pool of their own, with a cookie jar that accepts nothing.
 """
 
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -40,6 +42,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 
 from infini_gateway.config.model import UpstreamConfig
 from infini_gateway.upstream._tls import ClientTLS
+from infini_gateway.upstream.client import UpstreamAgent
 
 # A connect timeout of 0 means none; endpoints want a number.
 _NO_CONNECT_TIMEOUT = 24 * 3600.0
@@ -102,21 +105,27 @@ class EndpointFactory:
 
 class UpstreamClient:
     """
-    One upstream's pool and Agent.
+    One upstream's client: an L{UpstreamAgent} keeping C{keepalive_pool}
+    idle connections per endpoint.
 
     @ivar endpoints: its L{EndpointFactory}, also used for raw connections
         (protocol upgrades).
+    @ivar pool: the agent again, under the name of what closes its
+        connections (C{closeCachedConnections}).
     """
 
     def __init__(self, reactor: Any, config: UpstreamConfig, resolve: Callable[[str], str]):
         keepalive = config.keepalive_pool
-        self.pool = HTTPConnectionPool(reactor, persistent=keepalive.size > 0)
-        self.pool.maxPersistentPerHost = keepalive.size
-        self.pool.cachedConnectionTimeout = keepalive.idle_timeout or _NO_CONNECT_TIMEOUT
         needs_tls = any(e.url.lower().startswith("https:") for e in config.endpoints)
         tls = ClientTLS(config.name, config.tls, resolve) if needs_tls else None
         self.endpoints = EndpointFactory(reactor, config, tls)
-        self.agent = Agent.usingEndpointFactory(reactor, self.endpoints, pool=self.pool)
+        self.agent = UpstreamAgent(
+            reactor,
+            self.endpoints,
+            max_idle=keepalive.size,
+            idle_timeout=keepalive.idle_timeout or 0,
+        )
+        self.pool = self.agent
 
 
 class ClientPools:

@@ -31,6 +31,7 @@ picks among unhealthy ones too, and with none available and no panic the
 answer is C{503} at once.
 """
 
+from functools import lru_cache
 from typing import IO, Any, Optional, Set, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -117,12 +118,15 @@ def request_target(uri: bytes) -> bytes:
 
 def endpoint_base(endpoint: EndpointState) -> bytes:
     """C{scheme://host:port} of an endpoint, for the Agent."""
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return b"%s://%s:%d" % (
-        endpoint.scheme.encode("ascii"),
-        host.encode("idna"),
-        endpoint.port,
-    )
+    return _base(endpoint.scheme, endpoint.host, endpoint.port)
+
+
+@lru_cache(maxsize=4096)
+def _base(scheme: str, host: str, port: int) -> bytes:
+    # IDNA-encoding a name costs more than the rest of this: once per endpoint.
+    if ":" in host:
+        host = f"[{host}]"
+    return b"%s://%s:%d" % (scheme.encode("ascii"), host.encode("idna"), port)
 
 
 class _Forwarder:
