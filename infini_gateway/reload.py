@@ -39,6 +39,7 @@ from twisted.web.server import Site
 
 from infini_gateway.config import ConfigError, load_config
 from infini_gateway.config.model import GatewayConfig
+from infini_gateway.service import freeze_heap
 
 log = Logger()
 
@@ -152,6 +153,8 @@ class Reloader:
             log.failure("reload: preparing the new entries failed")
             self._refused([str(e)], e)
         result = self._commit(fresh, plan)
+        if gateway.freezes_heap:
+            freeze_heap()
         gateway.metrics.reloaded(True)
         self.last = dict(result, ok=True, at=gateway.reactor.seconds())
         log.info(

@@ -18,7 +18,7 @@ from infini_gateway.config import ConfigError, load_config
 from infini_gateway.config.model import GatewayConfig
 from infini_gateway.entry import EntryBindError
 from infini_gateway.flow import build_flows
-from infini_gateway.service import GatewayService, Runtime
+from infini_gateway.service import GatewayService, Runtime, freeze_heap
 
 log = Logger()
 
@@ -152,11 +152,13 @@ class _TwistdGatewayService(GatewayService):
     """
 
     _stopping = False
+    freezes_heap = True
 
     def startService(self) -> None:
         super().startService()
         # After the reactor has installed its own handlers, which replace ours.
         self.reactor.callWhenRunning(self._handle_signals)
+        self.reactor.callWhenRunning(freeze_heap)
 
     def _handle_signals(self) -> None:
         for number in (signal.SIGTERM, signal.SIGINT):

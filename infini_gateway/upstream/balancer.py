@@ -37,12 +37,14 @@ from twisted.internet.interfaces import IReactorTime
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class EndpointState:
     """
     One endpoint's mutable run-time state.
 
     Instances compare and hash by identity, so they can key dicts and sets.
+    Values are checked when it is made, not when an attribute is set (the
+    counters change on every request).
 
     @ivar url: the endpoint as configured, e.g. C{"http://127.0.0.1:9001"}.
     @ivar scheme: C{"http"} or C{"https"}.

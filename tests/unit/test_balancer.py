@@ -120,9 +120,8 @@ def test_roundrobin_weight_zero_and_weight_changes():
 
 
 def test_negative_weight_is_rejected():
-    ep = endpoint("a")
     with pytest.raises(ValueError):
-        ep.weight = -1
+        endpoint("a", weight=-1)
 
 
 # Least connections
