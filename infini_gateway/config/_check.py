@@ -274,7 +274,9 @@ def _check_routes(doc: Document) -> None:
 
     for i, flow in _items(doc.data, "flow"):
         name = flow.get("name")
-        for j, item in enumerate(flow.get("filter") or ()):
+        filters = flow.get("filter")
+        # Not a list: the schema has said so already.
+        for j, item in enumerate(filters if isinstance(filters, list) else ()):
             if not isinstance(item, dict) or len(item) != 1:
                 continue
             ((filter_name, params),) = item.items()

@@ -9,7 +9,7 @@ import copy
 from typing import Any, List
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from infini_gateway.config import ConfigError, config_from_dict, load_config
@@ -143,6 +143,10 @@ def loads(load) -> None:
         max_size=4,
     )
 )
+# Found by this test: a flow's filter list given as a scalar crashed the
+# template check (TypeError) instead of being reported.
+@example(mutations=[(("flow", 0, "filter"), True, False)])
+@example(mutations=[(("flow", 0, "filter"), 7, False)])
 def test_any_value_anywhere_loads_or_is_a_config_error(mutations):
     document = BASE
     for path, value, add_key in mutations:
