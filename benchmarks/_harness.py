@@ -364,35 +364,46 @@ def parse_wrk(out):
     return result
 
 
-def wrk_command(tools, args, url, duration):
+def wrk_command(tools, args, url, duration, connections=None):
     return [
         tools["wrk"],
         f"-t{args.threads}",
-        f"-c{args.connections}",
+        f"-c{connections or args.connections}",
         f"-d{duration}s",
         "--latency",
         url,
     ]
 
 
-def measure(tools, args, name, interpreter, url, target_pids, backend_pids, warmup):
+def measure(
+    tools, args, name, interpreter, url, target_pids, backend_pids, warmup, connections=None
+):
     """
     Check one answer, warm up, then C{args.runs} measured wrk runs; the one
     kept is the least disturbed by other processes (the lowest other CPU,
     then the highest req/s).  Returns req/s, latency, errors, RSS and CPU.
+    C{connections} is wrk's -c when not C{args.connections}.
     """
-    status, body = http_get(url)
+    connections = connections or args.connections
+    try:
+        status, body = http_get(url)
+    except OSError as e:  # urllib's errors, an HTTP error status too
+        raise TargetFailed(f"{name}: GET {url}: {e}") from None
     if status != 200 or len(body) != args.body_size:
         raise TargetFailed(f"{name}: GET {url} gave {status} with {len(body)} bytes")
-    say(f"{name} ({interpreter}): warm-up {warmup}s")
-    subprocess.run(
-        wrk_command(tools, args, url, warmup),
-        capture_output=True,
-        timeout=warmup + 60,
-        check=False,
-    )
+    if warmup > 0:
+        say(f"{name} ({interpreter}): warm-up {warmup}s with -c{connections}")
+        try:
+            subprocess.run(
+                wrk_command(tools, args, url, warmup, connections),
+                capture_output=True,
+                timeout=warmup + 60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TargetFailed(f"{name}: the warm-up ran {warmup + 60}s and was stopped") from None
     results = [
-        _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids)
+        _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids, connections)
         for _ in range(max(1, getattr(args, "runs", 1)))
     ]
     result = min(results, key=lambda r: (round(r["other_cpu"] / 5), -r["rps"]))
@@ -400,11 +411,14 @@ def measure(tools, args, name, interpreter, url, target_pids, backend_pids, warm
     return result
 
 
-def _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids):
+def _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids, connections):
     ours = list(target_pids) + list(backend_pids)
     busy = wait_for_quiet(args.busy_threshold, min(args.max_wait, 60), ours)
     load = loadavg()
-    say(f"{name} ({interpreter}): {args.duration}s (load {load}, others {busy:.0f}% of a core)")
+    say(
+        f"{name} ({interpreter}): {args.duration}s with -c{connections}"
+        f" (load {load}, others {busy:.0f}% of a core)"
+    )
     sampler = RssSampler(target_pids)
     t0 = {p: cpu_ticks(p) for p in ours}
     m0 = machine_ticks()[0]
@@ -412,14 +426,18 @@ def _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids
     s0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     sampler.start()
-    done = subprocess.run(
-        wrk_command(tools, args, url, args.duration),
-        capture_output=True,
-        text=True,
-        timeout=args.duration + 60,
-        check=False,
-    )
-    peak = sampler.stop()
+    try:
+        done = subprocess.run(
+            wrk_command(tools, args, url, args.duration, connections),
+            capture_output=True,
+            text=True,
+            timeout=args.duration + 60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TargetFailed(f"{name}: wrk ran {args.duration + 60}s and was stopped") from None
+    finally:
+        peak = sampler.stop()
     elapsed = time.monotonic() - start
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     s1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -433,11 +451,14 @@ def _measured_run(tools, args, name, interpreter, url, target_pids, backend_pids
     result = parse_wrk(done.stdout)
     if result["rps"] is None:
         raise TargetFailed(f"{name}: wrk said:\n{done.stdout}\n{done.stderr}")
-    hwm = sum(status_kib(p, "VmHWM") for p in target_pids) * 1024
+    # VmHWM: each process's peak RSS over its life, this run included.
+    hwm_by_pid = [status_kib(p, "VmHWM") * 1024 for p in target_pids]
     result.update(
         target=name,
         interpreter=interpreter,
-        peak_rss=max(peak, hwm),
+        connections=connections,
+        peak_rss=max(peak, sum(hwm_by_pid)),
+        hwm_by_pid=hwm_by_pid,
         cpu=100.0 * target_cpu / elapsed,
         backend_cpu=100.0 * backend_cpu / elapsed,
         wrk_cpu=100.0 * wrk_cpu / elapsed,

@@ -1,17 +1,19 @@
 """
-Proxy throughput: the gateway, a bare treq proxy and nginx as a reverse
-proxy, each in front of the same nginx backend on loopback, measured with
-wrk in one run; the gateway's figures are given as a ratio to nginx's.
+Proxy throughput: the gateway, a bare treq proxy, a bare aiohttp proxy and
+nginx as a reverse proxy, each in front of the same nginx backend on
+loopback, measured with wrk in one run; the gateway's figures are given as
+ratios to the others', and checked against the performance targets.
 
     python benchmarks/proxy.py                      # print a markdown report
     python benchmarks/proxy.py --output benchmarks/RESULTS.md
     python benchmarks/proxy.py --large              # also 1 GiB down and up
 
-It installs nothing: it needs wrk and nginx (Debian: apt-get install -y wrk
-nginx), curl for --large, and runs PyPy targets when a PyPy venv with the
-project's dependencies exists (--pypy).  Every process it starts is stopped
-and its temporary directory removed when it ends, on Ctrl-C or an error too.
-See benchmarks/README.rst.
+It needs wrk and nginx (Debian: apt-get install -y wrk nginx), curl for
+--large, and runs PyPy targets when a PyPy venv with the project's
+dependencies exists (--pypy).  The one thing it installs is aiohttp, with
+pip, in a venv of its own for the bare aiohttp proxy (--aiohttp-venv).
+Every process it starts is stopped and its temporary directory removed when
+it ends, on Ctrl-C or an error too.  See benchmarks/README.rst.
 """
 
 import argparse
@@ -56,12 +58,14 @@ from _harness import (
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_PYPY = "/tmp/bench-pypy-venv/bin/python"
+DEFAULT_AIOHTTP_VENV = "/tmp/bench-aiohttp-venv"
 PATH = "/api/v1/items/42"
 TARGETS = (
     "nginx-direct",
     "nginx-proxy-1w",
     "nginx-proxy-2w",
     "bare-treq",
+    "bare-aiohttp",
     "gateway-minimal",
     "gateway-full",
     "gateway-full-2w",
@@ -88,6 +92,17 @@ def parse_args(argv=None):
         help="PyPy interpreter of a venv with the project's dependencies; '' for none",
     )
     parser.add_argument(
+        "--aiohttp-venv",
+        default=DEFAULT_AIOHTTP_VENV,
+        help="venv of the bare aiohttp proxy, made from --python's interpreter and given"
+        " aiohttp with pip when it lacks it; '' for none",
+    )
+    parser.add_argument(
+        "--aiohttp-python",
+        default="",
+        help="a CPython interpreter that has aiohttp, used as it is instead of --aiohttp-venv",
+    )
+    parser.add_argument(
         "--installed",
         action="store_true",
         help="run the project as installed in each venv, not this checkout's code",
@@ -100,6 +115,19 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--connections", type=int, default=50, help="wrk -c")
     parser.add_argument("--duration", type=int, default=10, help="wrk -d, seconds")
+    parser.add_argument(
+        "--latency-connections",
+        type=int,
+        default=10,
+        help="wrk -c of the extra run of gateway-full on CPython that gives its p99; 0 for none",
+    )
+    parser.add_argument(
+        "--memory-connections",
+        type=int,
+        default=200,
+        help="wrk -c of the extra run of gateway-full on CPython that gives its peak RSS;"
+        " 0 for none",
+    )
     parser.add_argument(
         "--runs",
         type=int,
@@ -343,16 +371,20 @@ def gateway_config(variant, features, tmp, backends, sink=None, path=PATH):
 
 
 def health_check(features):
-    """Active health checks on the backends, when the schema knows them."""
+    """Active health checks of the backends, in the keys the gateway's schema has."""
     schema = features["upstream_schema"].get("health_check")
     if not schema:
         return None
     active = schema.get("properties", {}).get("active", {}).get("properties", {})
+    if not active:
+        return None
     check = {}
-    for key, value in (("path", "/health"), ("interval", "1s"), ("timeout", "1s")):
+    for key, value in (("type", "http"), ("http_path", "/health"), ("timeout", "1s")):
         if key in active:
             check[key] = value
-    return {"active": check} if active else None
+    if "interval" in active.get("healthy", {}).get("properties", {}):
+        check["healthy"] = {"interval": "1s"}
+    return {"active": check}
 
 
 LISTENING = re.compile(r"entry (\S+) listening on (https?)://(\S+)")
@@ -398,6 +430,95 @@ def start_bare_treq(args, tmp, python, label, backend):
         ],
         tmp,
         env=env,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+# --- the bare aiohttp proxy -----------------------------------------------
+
+AIOHTTP_INFO = (
+    "import json, platform, aiohttp\n"
+    "print(json.dumps({'implementation': platform.python_implementation(),"
+    " 'python': platform.python_version(), 'aiohttp': aiohttp.__version__}))\n"
+)
+
+
+def plain_env():
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_step(cmd, timeout):
+    """Run one setup command: (True, output) when it exits 0."""
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=plain_env(), check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def aiohttp_info(python):
+    """What python is and its aiohttp's version, or None when it has no aiohttp."""
+    ok, out = run_step([python, "-c", AIOHTTP_INFO], 60)
+    if not ok:
+        return None
+    try:
+        return json.loads(out.splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def aiohttp_interpreter(args):
+    """
+    The interpreter the bare aiohttp proxy runs under: (python, info), or
+    (None, why not).  --aiohttp-python is used as it is; else the venv
+    --aiohttp-venv, made from --python's interpreter when it does not exist,
+    and given aiohttp with pip when it lacks it.
+    """
+    if args.aiohttp_python:
+        info = aiohttp_info(args.aiohttp_python)
+        if info is None:
+            return None, f"`{args.aiohttp_python}` (--aiohttp-python) cannot import aiohttp"
+        return args.aiohttp_python, info
+    if not args.aiohttp_venv:
+        return None, "no interpreter for it (--aiohttp-venv '')"
+    venv = Path(args.aiohttp_venv)
+    python = str(venv / "bin" / "python")
+    if not os.access(python, os.X_OK):
+        say(f"bare-aiohttp: making the venv {venv} from {args.python}")
+        ok, out = run_step([args.python, "-m", "venv", str(venv)], 300)
+        if not ok:
+            return None, f"no venv made at {venv}: {last_line(out)}"
+    info = aiohttp_info(python)
+    if info is None:
+        say(f"bare-aiohttp: pip install aiohttp into {venv}")
+        ok, out = run_step(
+            [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "aiohttp"],
+            600,
+        )
+        info = aiohttp_info(python)
+        if info is None:
+            return None, f"aiohttp could not be installed in {venv}: {last_line(out)}"
+    return python, info
+
+
+def start_bare_aiohttp(tmp, python, label, backend):
+    port = free_port()
+    process = Process(
+        label,
+        [
+            python,
+            str(HERE / "bare_aiohttp_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{backend}",
+        ],
+        tmp,
+        env=plain_env(),
     )
     return process, f"http://127.0.0.1:{port}"
 
@@ -548,9 +669,32 @@ def fmt_errors(row):
     return f"{total} ({'; '.join(parts)})"
 
 
-def report(args, tools, info, started, load_start, rows, notes, large_rows, large_notes):
+def rss_text(row):
+    """Peak RSS; a supervisor's and its workers' each too."""
+    text = f"{row['peak_rss'] / MIB:.1f} MiB"
+    hwm = row.get("hwm_by_pid") or []
+    if row["target"].startswith("gateway") and len(hwm) > 1:
+        workers = ", ".join(f"{h / MIB:.1f}" for h in hwm[1:])
+        text += f" (supervisor {hwm[0] / MIB:.1f}; workers {workers})"
+    return text
+
+
+def report(
+    args,
+    tools,
+    info,
+    aiohttp,
+    started,
+    load_start,
+    rows,
+    notes,
+    large_rows,
+    large_notes,
+    failures,
+):
     m = machine(tools)
-    ref = next((r for r in rows if r["target"] == REFERENCE), None)
+    main_rows = [r for r in rows if r["connections"] == args.connections]
+    ref = next((r for r in main_rows if r["target"] == REFERENCE), None)
     lines = [
         f"### {started:%Y-%m-%d %H:%M} UTC",
         "",
@@ -558,12 +702,28 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
     ]
     for interp, python in info:
         lines.append(f"- {short_interpreter(interp)}: {describe_interpreter(interp)} (`{python}`)")
+    if aiohttp:
+        found, python = aiohttp
+        lines.append(
+            f"- bare-aiohttp: {found['implementation']} {found['python']},"
+            f" aiohttp {found['aiohttp']} (`{python}`)"
+        )
     command = wrk_command({"wrk": "wrk"}, args, "http://127.0.0.1:PORT" + args.path, args.duration)
     lines += [
         f"- nginx {m['nginx']}, wrk {m['wrk']}",
         f"- Load average before the run: {load_start}",
         f"- Command: `{' '.join(command)}`, after a warm-up of {args.warmup}s"
         f" ({args.pypy_warmup}s for PyPy) with the same options",
+    ]
+    extra = extra_connections(args)
+    if extra and "gateway-full" in args.targets:
+        lines.append(
+            "- Also `gateway-full` on CPython, in the same process right after: the same"
+            " command with "
+            + " and ".join(f"`-c{c}`" for c in extra)
+            + f", each after a warm-up of {args.warmup}s with the same options"
+        )
+    lines += [
         f"- Backend: nginx, 1 worker, {args.body_size}-byte body (`return 200`), on 127.0.0.1;"
         " wrk, the target and the backend share the machine's cores",
         f"- Ratio: req/s over `{REFERENCE}` (nginx as a reverse proxy, 1 worker, keepalive 64"
@@ -585,21 +745,28 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
         ),
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
-    bare = {r["interpreter"]: r for r in rows if r["target"] == "bare-treq"}
+    bare = {r["interpreter"]: r for r in main_rows if r["target"] == "bare-treq"}
     for row in rows:
         same = bare.get(row["interpreter"])
+        if row["connections"] == args.connections:
+            target = row["target"]
+            to_ref = f"{row['rps'] / ref['rps']:.2f}" if ref and ref["rps"] else "n/a"
+            to_bare = f"{row['rps'] / same['rps']:.2f}" if same and same["rps"] else "-"
+        else:
+            # Another wrk -c: its req/s compare with nothing else.
+            target, to_ref, to_bare = f"{row['target']} (-c{row['connections']})", "-", "-"
         lines.append(
             table_row(
-                row["target"],
+                target,
                 row["interpreter"],
                 rps_text(row),
                 fmt_ms(row["p50"]),
                 fmt_ms(row["p99"]),
                 fmt_errors(row),
-                f"{row['peak_rss'] / MIB:.1f} MiB",
+                rss_text(row),
                 f"{row['cpu']:.0f}%",
-                f"{row['rps'] / ref['rps']:.2f}" if ref else "n/a",
-                f"{row['rps'] / same['rps']:.2f}" if same else "-",
+                to_ref,
+                to_bare,
                 row["load"],
                 f"{row['other_cpu']:.0f}%",
             )
@@ -608,14 +775,19 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
         "",
         "Targets: `nginx-direct` is wrk straight to the backend (no proxy);"
         " `nginx-proxy-1w` / `-2w` nginx as a reverse proxy with 1 / 2 workers;"
-        " `bare-treq` is `benchmarks/bare_treq_proxy.py`; `gateway-minimal` is one rule and the"
+        " `bare-treq` is `benchmarks/bare_treq_proxy.py`; `bare-aiohttp` is"
+        " `benchmarks/bare_aiohttp_proxy.py` (aiohttp.web and one `ClientSession`, on"
+        " CPython); `gateway-minimal` is one rule and the"
         " proxy filter to one endpoint; `gateway-full` 100 rules (the one matched last),"
-        " `set_request_header` then proxy, two endpoints round robin, an access log (the"
-        " `logging` filter as tracing flow) and health checks where the gateway has them (see"
-        " below); `gateway-full-2w` the same with `--workers 2`. Peak RSS is VmHWM (nginx, and"
-        " the gateway with workers: supervisor and workers summed); target CPU is in percent"
-        " of one core; other CPU is what processes outside the benchmark used meanwhile (percent"
-        " of one core): more than a few percent means the figures are low.",
+        " `set_request_header` then proxy, two endpoints balanced by smooth weighted round"
+        " robin, an access log (the `logging` filter as tracing flow) and active health checks"
+        " where the gateway has them (see below); `gateway-full-2w` the same with"
+        " `--workers 2`; `(-cN)` rows are extra runs of the same process with wrk's `-cN`."
+        " Peak RSS is VmHWM, the peak over the process's life (nginx's master and workers"
+        " summed; the gateway with workers: summed, then the supervisor's and each worker's);"
+        " target CPU is in percent of one core; other CPU is what processes outside the"
+        " benchmark used meanwhile (percent of one core): more than a few percent means the"
+        " figures are low.",
     ]
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
@@ -656,7 +828,251 @@ def report(args, tools, info, started, load_start, rows, notes, large_rows, larg
                 )
             )
         lines += [""] + [f"- {note}" for note in large_notes]
+    lines += [""] + targets_section(args, info, rows, large_rows, failures)
     return "\n".join(lines) + "\n"
+
+
+# --- targets --------------------------------------------------------------
+
+# The throughput targets: (requirement, measured side, compared side, least
+# ratio of their req/s); a side is (target, interpreter).
+RATIO_TARGETS = (
+    (
+        "Full gateway, CPython, one process >= 1.3x a bare treq proxy",
+        ("gateway-full", "CPython"),
+        ("bare-treq", "CPython"),
+        1.3,
+    ),
+    (
+        "`--workers 2` >= 1.6x one worker (full gateway, CPython)",
+        ("gateway-full-2w", "CPython"),
+        ("gateway-full", "CPython"),
+        1.6,
+    ),
+    (
+        "`--workers 2` >= 1.6x one worker (full gateway, PyPy)",
+        ("gateway-full-2w", "PyPy"),
+        ("gateway-full", "PyPy"),
+        1.6,
+    ),
+    (
+        "PyPy, one worker >= 3x CPython, one worker (full gateway)",
+        ("gateway-full", "PyPy"),
+        ("gateway-full", "CPython"),
+        3.0,
+    ),
+    (
+        "PyPy, 2 workers >= 25% of nginx, 1 worker (full gateway)",
+        ("gateway-full-2w", "PyPy"),
+        ("nginx-proxy-1w", "-"),
+        0.25,
+    ),
+    (
+        "PyPy, one worker >= 1.3x a bare aiohttp proxy on CPython (full gateway)",
+        ("gateway-full", "PyPy"),
+        ("bare-aiohttp", "CPython"),
+        1.3,
+    ),
+    (
+        "CPython, one worker >= 0.8x a bare aiohttp proxy on CPython (full gateway)",
+        ("gateway-full", "CPython"),
+        ("bare-aiohttp", "CPython"),
+        0.8,
+    ),
+)
+P99_LIMIT_MS = 5.0
+RSS_LIMIT = 80 * MIB
+GROWTH_LIMIT = 50 * MIB
+DISTURBED = 10.0  # percent of a core used by other processes
+
+
+def find_row(rows, target, interp, connections):
+    for row in rows:
+        if (row["target"], row["interpreter"], row["connections"]) == (target, interp, connections):
+            return row
+    return None
+
+
+def why_missing(args, failures, target, interp, connections):
+    if (target, interp, connections) in failures:
+        return f"`{target}` ({interp}, -c{connections}): {failures[target, interp, connections]}"
+    if (target, interp, None) in failures:
+        return f"`{target}` ({interp}): {failures[target, interp, None]}"
+    if target not in args.targets:
+        return f"`{target}` not in --targets"
+    if interp == "PyPy" and not args.pypy:
+        return "no PyPy interpreter (--pypy)"
+    return f"`{target}` ({interp}) not run"
+
+
+def row_name(row):
+    """A target and its interpreter, in words."""
+    return f"`{row['target']}`" + ("" if row["interpreter"] == "-" else f" {row['interpreter']}")
+
+
+def side_text(row, connections):
+    """One side of a comparison: the target, and wrk's -c when not the main one."""
+    name = row_name(row)
+    if row["connections"] != connections:
+        name += f" at -c{row['connections']}"
+    return name
+
+
+def caveats(rows):
+    """What makes a figure doubtful: errors, or other processes using the CPU."""
+    found = []
+    for row in rows:
+        if row["non2xx"] or row["socket"]:
+            found.append(f"{row_name(row)}: {fmt_errors(row)} errors")
+        if row["other_cpu"] > DISTURBED:
+            found.append(f"{row_name(row)}: other CPU {row['other_cpu']:.0f}%")
+    return "; ".join(found) or "-"
+
+
+def percent(value):
+    return f"{value:.1f}%" if value < 10 else f"{value:.0f}%"
+
+
+def verdict(value, threshold, at_least):
+    """'met', or how far value is on the wrong side, in percent of threshold."""
+    short = (threshold - value) if at_least else (value - threshold)
+    if short <= 0:
+        return "met"
+    return f"missed by {percent(100.0 * short / threshold)}"
+
+
+def not_measured(requirement, threshold, why):
+    return table_row(requirement, "-", "-", threshold, f"not measured: {why}", "-")
+
+
+def targets_section(args, info, rows, large_rows, failures):
+    """The targets table: each requirement, its figures, and met or missed."""
+    lines = [
+        "#### Targets",
+        "",
+        "Each requirement with the figures of this run it compares.  A ratio target"
+        " missed says by how much the ratio is below its threshold, a limit missed by how much"
+        " the value is above it, both in percent of the threshold.",
+        "",
+        table_row("requirement", "figures", "measured", "threshold", "verdict", "caveats"),
+        "|---|---|---:|---:|---|---|",
+    ]
+    main = args.connections
+    for requirement, (target, interp), (other, other_interp), least in RATIO_TARGETS:
+        threshold = f">= {least:g}x"
+        mine = find_row(rows, target, interp, main)
+        theirs = find_row(rows, other, other_interp, main)
+        if not (mine and theirs):
+            why = [
+                why_missing(args, failures, t, i, main)
+                for row, t, i in ((mine, target, interp), (theirs, other, other_interp))
+                if row is None
+            ]
+            lines.append(not_measured(requirement, threshold, "; ".join(why)))
+            continue
+        if theirs["rps"] <= 0:
+            lines.append(not_measured(requirement, threshold, f"{row_name(theirs)}: 0 req/s"))
+            continue
+        ratio = mine["rps"] / theirs["rps"]
+        lines.append(
+            table_row(
+                requirement,
+                f"{side_text(mine, main)} {mine['rps']:.0f} req/s"
+                f" / {side_text(theirs, main)} {theirs['rps']:.0f} req/s",
+                f"{ratio:.2f}x",
+                threshold,
+                verdict(ratio, least, True),
+                caveats([mine, theirs]),
+            )
+        )
+
+    c10 = args.latency_connections
+    requirement = (
+        f"p99 latency at -c{c10} <= {P99_LIMIT_MS:g} ms, CPython, one worker (full gateway)"
+    )
+    threshold = f"<= {P99_LIMIT_MS:g} ms"
+    row = find_row(rows, "gateway-full", "CPython", c10)
+    if c10 <= 0:
+        lines.append(not_measured(requirement, threshold, "--latency-connections 0"))
+    elif row is None:
+        why = why_missing(args, failures, "gateway-full", "CPython", c10)
+        lines.append(not_measured(requirement, threshold, why))
+    elif row["p99"] is None:
+        lines.append(not_measured(requirement, threshold, "wrk gave no p99"))
+    else:
+        lines.append(
+            table_row(
+                requirement,
+                f"{side_text(row, main)}: p99 {fmt_ms(row['p99'])}"
+                f" (p50 {fmt_ms(row['p50'])}, {row['rps']:.0f} req/s)",
+                fmt_ms(row["p99"]),
+                threshold,
+                verdict(row["p99"], P99_LIMIT_MS, False),
+                caveats([row]),
+            )
+        )
+
+    c200 = args.memory_connections
+    requirement = f"RSS <= {RSS_LIMIT / MIB:g} MiB per CPython worker at -c{c200} (full gateway)"
+    threshold = f"<= {RSS_LIMIT / MIB:g} MiB"
+    row = find_row(rows, "gateway-full", "CPython", c200)
+    if c200 <= 0:
+        lines.append(not_measured(requirement, threshold, "--memory-connections 0"))
+    elif row is None:
+        why = why_missing(args, failures, "gateway-full", "CPython", c200)
+        lines.append(not_measured(requirement, threshold, why))
+    else:
+        peak = max(row["hwm_by_pid"])
+        lines.append(
+            table_row(
+                requirement,
+                f"{side_text(row, main)}: VmHWM {peak / MIB:.1f} MiB after that run (the"
+                f" process's peak over its life), {row['rps']:.0f} req/s",
+                f"{peak / MIB:.1f} MiB",
+                threshold,
+                verdict(peak, RSS_LIMIT, False),
+                caveats([row]),
+            )
+        )
+
+    for interp_info, _ in info:
+        lines.append(large_target(args, short_interpreter(interp_info), large_rows))
+    return lines
+
+
+def large_target(args, interp, large_rows):
+    requirement = f"RSS flat while streaming a 1 GiB body: growth <= 50 MiB (gateway, {interp})"
+    threshold = f"<= {GROWTH_LIMIT / MIB:g} MiB"
+    transfers = [r for r in large_rows if r["target"] == "gateway" and r["interpreter"] == interp]
+    why = None
+    if not args.large:
+        why = "run with --large"
+    elif {row["direction"] for row in transfers} != {"download", "upload"}:
+        why = "no download and upload through the gateway (see the notes above)"
+    else:
+        for row in transfers:
+            moved = row.get("received") if row["direction"] == "upload" else row.get("bytes")
+            if row.get("status") != 200 or moved != args.large_size:
+                why = (
+                    f"the {row['direction']} did not complete (status {row.get('status')},"
+                    f" {moved} bytes)"
+                )
+    if why:
+        return not_measured(requirement, threshold, why)
+    growth = max(row["peak"] - row["idle"] for row in transfers)
+    figures = ", ".join(
+        f"{row['direction']} +{(row['peak'] - row['idle']) / MIB:.1f} MiB"
+        f" (from {row['idle'] / MIB:.1f} MiB)"
+        for row in transfers
+    )
+    return table_row(
+        requirement,
+        figures,
+        f"{growth / MIB:.1f} MiB",
+        threshold,
+        verdict(growth, GROWTH_LIMIT, False),
+        f"streamed {size_text(args.large_size)}, not 1 GiB" if args.large_size != GIB else "-",
+    )
 
 
 def record(path, text):
@@ -702,6 +1118,18 @@ def run(args, stack):
 
     env = gateway_env(args, tmp)
     info = [(interpreter_info(p, env), p) for p in pythons]
+    rows, notes = [], []
+    # Why a figure is missing, by (target, interpreter, wrk -c or None for any).
+    failures = {}
+    aiohttp = None
+    if "bare-aiohttp" in args.targets:
+        python, aiohttp_or_why = aiohttp_interpreter(args)
+        if python:
+            aiohttp = (aiohttp_or_why, python)
+        else:
+            say(f"bare-aiohttp skipped: {aiohttp_or_why}")
+            notes.append(f"bare-aiohttp skipped: {aiohttp_or_why}")
+            failures[("bare-aiohttp", "CPython", None)] = f"skipped: {aiohttp_or_why}"
 
     wait_for_load(args.load_threshold, args.max_wait)
     load_start = loadavg()
@@ -721,11 +1149,20 @@ def run(args, stack):
         wait_http(backend, f"http://127.0.0.1:{port}/")
     backend_pids = backend.pids()
 
-    rows, notes = [], []
+    def failed(name, interp, reason, connections=None):
+        where = interp if connections is None else f"{interp}, -c{connections}"
+        notes.append(f"{name} ({where}) failed: {reason}")
+        failures[(name, interp, connections)] = reason
 
-    def measured(name, interp, url, process, others=(), warmup=None):
+    def measured(name, interp, url, process, warmup=None, connections=None, workers=0):
         try:
             wait_http(process, url + args.path)
+            if workers:
+                found = wait_workers(process, workers)
+                if found < workers:
+                    notes.append(
+                        f"{name} ({interp}): {found} of {workers} workers running when measured"
+                    )
             rows.append(
                 measure(
                     tools,
@@ -734,13 +1171,14 @@ def run(args, stack):
                     interp,
                     url + args.path,
                     process.pids(),
-                    list(backend_pids) + list(others),
+                    backend_pids,
                     args.warmup if warmup is None else warmup,
+                    connections,
                 )
             )
         except TargetFailed as e:
             say(str(e))
-            notes.append(f"{name} ({interp}) failed: {last_line(e)}")
+            failed(name, interp, last_line(e), connections)
 
     if "nginx-direct" in args.targets:
         rows.append(
@@ -767,6 +1205,17 @@ def run(args, stack):
             finally:
                 proxy.stop()
 
+    if aiohttp:
+        aiohttp_info_, python = aiohttp
+        interp = short_interpreter(aiohttp_info_)
+        if interp != "CPython":
+            notes.append(f"bare-aiohttp runs on {interp} (`{python}`), not CPython")
+        process, url = start_bare_aiohttp(tmp, python, "bare-aiohttp", backend_ports[0])
+        try:
+            measured("bare-aiohttp", interp, url, process)
+        finally:
+            process.stop()
+
     for interp_info, python in info:
         interp = short_interpreter(interp_info)
         warmup = args.pypy_warmup if interp == "PyPy" else args.warmup
@@ -782,25 +1231,26 @@ def run(args, stack):
         if not variants:
             continue
         features = gateway_features(python, env)
-        if "error" in features:
-            notes.append(f"gateway ({interp}): its schema does not load: not measured")
-            say(features["error"])
-            continue
-        if not features["proxy"]:
-            notes.append(
-                f"gateway ({interp}): no proxy filter or upstream section yet: not measured"
-            )
+        if "error" in features or not features["proxy"]:
+            if "error" in features:
+                why = "its schema does not load"
+                say(features["error"])
+            else:
+                why = "no proxy filter or upstream section yet"
+            notes.append(f"gateway ({interp}): {why}: not measured")
+            for variant in variants:
+                failures[(f"gateway-{variant}", interp, None)] = why
             continue
         for variant in variants:
             name = f"gateway-{variant}"
             config, variant_notes = gateway_config(
                 variant.replace("-2w", ""), features, tmp, backend_ports, path=args.path
             )
-            extra = ()
+            extra, workers = (), 0
             if variant.endswith("-2w"):
                 # Workers share a fixed port (SO_REUSEPORT).
                 config["entry"][0]["network"]["binding"] = f"127.0.0.1:{free_port()}"
-                extra = ("--workers", "2")
+                extra, workers = ("--workers", "2"), 2
             notes += [f"{name} ({interp}): {note}" for note in variant_notes]
             try:
                 process, url = start_gateway(
@@ -808,10 +1258,15 @@ def run(args, stack):
                 )
             except TargetFailed as e:
                 say(str(e))
+                failures[(name, interp, None)] = f"did not start: {last_line(e)}"
                 notes.append(f"{name} ({interp}) did not start: {last_line(e)}")
                 continue
             try:
-                measured(name, interp, url, process, warmup=warmup)
+                measured(name, interp, url, process, warmup=warmup, workers=workers)
+                if variant == "full" and interp == "CPython":
+                    # The p99 and the peak RSS targets: the same target, other wrk -c.
+                    for connections in extra_connections(args):
+                        measured(name, interp, url, process, connections=connections)
             finally:
                 process.stop()
 
@@ -827,12 +1282,38 @@ def run(args, stack):
         wait_http(sink, f"http://127.0.0.1:{sink_port}/")
         large_rows, large_notes = run_large(tools, args, tmp, info, backend_ports[0], sink_port)
 
-    text = report(args, tools, info, started, load_start, rows, notes, large_rows, large_notes)
+    text = report(
+        args,
+        tools,
+        info,
+        aiohttp,
+        started,
+        load_start,
+        rows,
+        notes,
+        large_rows,
+        large_notes,
+        failures,
+    )
     if args.output:
         record(args.output, text)
         say(f"recorded in {args.output}")
     else:
         sys.stdout.write(text)
+
+
+def extra_connections(args):
+    """wrk -c of the extra runs of gateway-full on CPython (none equal to the main -c)."""
+    wanted = (args.latency_connections, args.memory_connections)
+    return sorted({c for c in wanted if c > 0 and c != args.connections})
+
+
+def wait_workers(process, workers, timeout=15.0):
+    """Wait until the supervisor has its workers; the number it has."""
+    deadline = time.monotonic() + timeout
+    while len(process.pids()) - 1 < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(process.pids()) - 1
 
 
 def main(argv=None):
