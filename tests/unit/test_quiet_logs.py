@@ -48,3 +48,24 @@ def test_quiet_endpoint_makes_its_factories_silent():
     QuietEndpoint(inner).connect(factory)
     assert inner.factories == [factory]
     assert not factory.noisy
+
+
+def test_health_probes_connect_with_silent_factories():
+    """Each probe is a new connection: its factory logs no start and stop."""
+    from twisted.web.client import URI
+
+    from infini_gateway.config.model import EndpointConfig, UpstreamConfig
+    from infini_gateway.upstream.health.active import _ProbeEndpoints
+    from infini_gateway.upstream.pool import EndpointFactory
+
+    config = UpstreamConfig(name="api", endpoints=(EndpointConfig("http://127.0.0.1:9"),))
+    tcp = EndpointFactory(MemoryReactorClock(), config, None)
+    endpoint = _ProbeEndpoints(tcp, None, None).endpointForURI(
+        URI.fromBytes(b"http://127.0.0.1:9/health")
+    )
+    inner = Endpoint()
+    endpoint.endpoint = inner
+    factory = Factory()
+    endpoint.connect(factory)
+    assert inner.factories == [factory]
+    assert not factory.noisy

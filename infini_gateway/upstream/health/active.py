@@ -49,7 +49,7 @@ from infini_gateway.upstream.health.state import (
     ProbeResult,
     UpstreamHealth,
 )
-from infini_gateway.upstream.pool import EndpointFactory
+from infini_gateway.upstream.pool import EndpointFactory, QuietEndpoint
 
 log = Logger()
 
@@ -79,7 +79,8 @@ class _ProbeEndpoints:
         endpoint = self.tcp.endpoint("http", host, uri.port)
         if uri.scheme == b"https" and self.tls is not None:
             endpoint = wrapClientTLS(self.tls.creator(self.host or host), endpoint)
-        return endpoint
+        # A probe is a new connection: no "Starting factory" line for each.
+        return QuietEndpoint(endpoint)
 
 
 class Prober:
