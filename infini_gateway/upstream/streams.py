@@ -43,9 +43,15 @@ class IdleTimer:
 
     def start(self, seconds: Optional[float] = None) -> None:
         """(Re)start the countdown, from C{seconds} if given."""
-        self.stop()
         seconds = self.seconds if seconds is None else seconds
-        if seconds > 0:
+        call = self._call
+        if seconds <= 0:
+            self.stop()
+        elif call is not None and call.active():
+            # Moving a pending call later is cheaper than a new one (it is
+            # restarted for every piece of a body).
+            call.reset(seconds)
+        else:
             self._call = self.clock.callLater(seconds, self._fire)
 
     def stop(self) -> None:
