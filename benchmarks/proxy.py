@@ -137,7 +137,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--warmup", type=int, default=3, help="warm-up before each target, seconds")
     parser.add_argument(
-        "--pypy-warmup", type=int, default=15, help="warm-up for PyPy targets (the JIT), seconds"
+        "--pypy-warmup", type=int, default=30, help="warm-up for PyPy targets (the JIT), seconds"
     )
     parser.add_argument("--body-size", type=int, default=1024, help="backend body, bytes")
     parser.add_argument("--path", default=PATH, help="request path")

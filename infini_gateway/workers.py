@@ -118,8 +118,13 @@ def check_bindable(config: GatewayConfig) -> None:
             sock.close()
 
 
-def worker_command(config_path: str, logfile: Optional[str] = None) -> List[str]:
-    """The command line of one worker: twistd in the foreground, no pid file."""
+def worker_command(
+    config_path: str, logfile: Optional[str] = None, pypy_jit: Optional[str] = None
+) -> List[str]:
+    """
+    The command line of one worker: twistd in the foreground, no pid file,
+    the supervisor's log file and C{--pypy-jit} (when given).
+    """
     command = [
         sys.executable,
         "-c",
@@ -129,7 +134,10 @@ def worker_command(config_path: str, logfile: Optional[str] = None) -> List[str]
     ]
     if logfile:
         command.append(f"--logfile={logfile}")
-    return command + ["infini-gateway", "--config", config_path, "--worker"]
+    command += ["infini-gateway", "--config", config_path, "--worker"]
+    if pypy_jit is not None:
+        command.append(f"--pypy-jit={pypy_jit}")
+    return command
 
 
 class _Worker(ProcessProtocol):

@@ -193,3 +193,9 @@ def test_the_worker_command_runs_twistd_in_the_foreground():
         "/etc/gw.yml",
         "--worker",
     ]
+
+
+def test_workers_get_the_supervisors_pypy_jit_parameters():
+    command = worker_command("/etc/gw.yml", None, "threshold=300")
+    assert command[-1] == "--pypy-jit=threshold=300"
+    assert not any(part.startswith("--pypy-jit") for part in worker_command("/etc/gw.yml"))
