@@ -367,6 +367,9 @@ def gateway_config(variant, features, tmp, backends, sink=None, path=PATH):
         "flow": flows,
         "upstream": upstreams,
     }
+    if variant == "large":
+        # The 1 GiB upload is over the entry's default body limit (200mb).
+        config["entry"][0]["max_request_body_size"] = "2gb"
     return config, notes
 
 
