@@ -246,3 +246,76 @@ def test_bad_parameters_are_config_errors(tmp_path, params, expected):
     with pytest.raises(ConfigError) as caught:
         gateway(tmp_path, params)
     assert expected in str(caught.value)
+
+
+# The line is written by hand (the keys are fixed): it must be what the
+# json module would write.
+
+
+def _reference_line(record, include_headers=True):
+    from datetime import datetime, timezone
+
+    from infini_gateway.filters.logging import _headers
+
+    moment = datetime.fromtimestamp(record.started, timezone.utc)
+    line = {
+        "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "client_ip": record.client_ip,
+        "method": record.method,
+        "uri": record.uri,
+        "host": record.host,
+        "status": record.status,
+        "request_bytes": record.request_bytes,
+        "response_bytes": record.response_bytes,
+        "duration_ms": round(record.duration * 1000.0, 3),
+        "rule": record.rule,
+        "flow": record.flow,
+        "user_agent": record.user_agent,
+        "aborted": record.aborted,
+        "complete": record.complete,
+    }
+    if include_headers:
+        line["request_headers"] = _headers(record.request_headers)
+        line["response_headers"] = _headers(record.response_headers)
+    return json.dumps(line, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+@pytest.mark.parametrize("include_headers", [True, False])
+@pytest.mark.parametrize(
+    "started, text, status, size",
+    [
+        (1763900000.123456, "plain", 200, 5),
+        (0.0, 'quote " back\\slash', None, None),
+        (1.0009995, "\u00e9t\u00e9 \u2603 \U0001f600", 404, 0),
+        (1763900059.9999996, "ctl \x00\x1f\x7f\n\t", 599, 2**40),
+        (946684799.999, "", 101, 1),
+    ],
+)
+def test_the_line_is_what_json_would_write(started, text, status, size, include_headers):
+    from infini_gateway.filters.logging import log_line
+    from infini_gateway.tracing import TraceRecord
+
+    # Header text is bytes read as latin-1 (UTF-8 sent by a client, say).
+    raw = text.encode("utf-8").decode("latin-1")
+    record = TraceRecord(
+        method="GET",
+        path="/" + text,
+        uri="/" + text + "?q=" + text,
+        query="q=" + text,
+        host=text,
+        client_ip="::1",
+        client_port=1,
+        status=status,
+        request_headers=(("Host", raw), ("X-Twice", "a"), ("x-twice", raw)),
+        response_headers=(("Set-Cookie", "s=1"), ("Content-Type", raw)),
+        request_bytes=size,
+        response_bytes=size,
+        started=started,
+        finished=started + 0.0123456,
+        duration=0.0123456,
+        rule=None if status is None else text,
+        flow=text,
+        aborted=status is None,
+        complete=status is not None,
+    )
+    assert log_line(record, include_headers) == _reference_line(record, include_headers)
