@@ -3,10 +3,11 @@ The router's C{tracing_flow}: a flow run once each response has been sent
 (or the client went away), to log the request or count it.
 
 L{Tracer.trace} takes a snapshot of the finished exchange, a L{TraceRecord},
-and schedules the tracing flow on the reactor (C{callLater(0, ...)}): it
-never delays the response it traces, nor the next request on the same
-keep-alive connection, and whatever it does or waits for stays out of the
-client's way.  A filter of the tracing flow reads the snapshot as
+and starts the tracing flow at once, apart from the request: the response
+is written by then, nothing the flow does reaches the client, and whatever
+it waits for (a write to a slow collector, say) is waited for on its own.
+(It was scheduled with C{callLater(0)} at first: the extra reactor turn per
+request cost a sixth of a proxied request's time.)  A filter of the tracing flow reads the snapshot as
 C{ctx.trace} (or through L{trace_record}, which also works in an ordinary
 flow, with what is known at that point).
 """
@@ -236,13 +237,13 @@ class Tracer:
 
     def trace(self, ctx: RequestContext) -> None:
         """
-        Snapshot C{ctx}'s finished exchange now and schedule the tracing
-        flow over it; never raises.
+        Snapshot C{ctx}'s finished exchange now and start the tracing flow
+        over it; never raises.
         """
         try:
             record = TraceRecord.of(ctx, self.reactor.seconds())
             trace_ctx = TraceContext(ctx, record, self.reactor)
-            self.reactor.callLater(0, self._run, trace_ctx)
+            self._run(trace_ctx)
         except Exception:
             self.errors += 1
             log.failure(

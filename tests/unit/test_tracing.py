@@ -288,16 +288,14 @@ def test_client_going_away_is_traced_as_aborted():
 
 def test_pending_tracing_flow_is_left_alone():
     """
-    The tracing flow starts only once the reactor turns, after the answer
-    is written; one that never fires is no error and blocks nothing.
+    The tracing flow starts once the answer is written; one that never
+    fires is no error and blocks nothing: the next requests are answered.
     """
     clock = MemoryReactorClock()
     site, tracer = make_router([("echo", {"message": "ok"})], [Pending()], clock)
-    for _ in range(3):
+    for count in range(1, 4):
         assert request(site).status == 200
-    assert tracer.traced == 0
-    clock.advance(0)
-    assert (tracer.traced, tracer.errors) == (3, 0)
+        assert (tracer.traced, tracer.errors) == (count, 0)
 
 
 GATEWAY = {
