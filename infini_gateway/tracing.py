@@ -7,7 +7,7 @@ and starts the tracing flow at once, apart from the request: the response
 is written by then, nothing the flow does reaches the client, and whatever
 it waits for (a write to a slow collector, say) is waited for on its own.
 (It was scheduled with C{callLater(0)} at first: the extra reactor turn per
-request cost a sixth of a proxied request's time.)  A filter of the tracing flow reads the snapshot as
+request cost about 7% of a proxied request's time.)  A filter of the tracing flow reads the snapshot as
 C{ctx.trace} (or through L{trace_record}, which also works in an ordinary
 flow, with what is known at that point).
 """
