@@ -271,8 +271,8 @@ def freeze_heap() -> None:
     Each full collection otherwise walks all of them while requests wait:
     about 50 ms every couple of seconds under load (measured with the
     benchmarks' full configuration), for objects that live as long as the
-    process.  Objects frozen earlier are
-    thawed first, so that what a reload left behind is collected.
+    process.  Objects frozen earlier are thawed first, so that what a
+    reload left behind is collected.
     """
     if not hasattr(gc, "freeze"):
         return
