@@ -336,6 +336,11 @@ class _Forwarder:
             request.responseHeaders.setRawHeaders(
                 b"Content-Length", [b"%d" % response.length]
             )
+        elif self.method == b"HEAD" and response.code not in _NO_BODY_STATUSES:
+            # The length a GET's body would have, as the upstream said.
+            lengths = response.headers.getRawHeaders(b"content-length") or [b""]
+            if lengths[0].strip().isdigit():
+                request.responseHeaders.setRawHeaders(b"Content-Length", [lengths[0].strip()])
         # No invented Content-Type for an upstream answer without one.
         request.defaultContentType = None
         draft.status = response.code

@@ -63,6 +63,15 @@ def gateway_config(upstreams: str, filters: str = "- proxy: {upstream: api}") ->
     )
 
 
+def one_upstream(url: str) -> str:
+    """The C{upstream:} section of one upstream, C{api}, with one endpoint."""
+    return f"""
+            upstream:
+              - name: api
+                endpoints: ["{url}"]
+            """
+
+
 def get(gateway, path="/", method="GET", headers=None, body=None, timeout=15):
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port("web"), timeout=timeout)
     try:
@@ -267,11 +276,7 @@ def test_headers_both_ways(gateways, backends):
     live = backends("live")
     gateway = gateways(
         gateway_config(
-            f"""
-            upstream:
-              - name: api
-                endpoints: ["{live.url}"]
-            """,
+            one_upstream(live.url),
             filters="""
             - set_response_header: {headers: ["Content-Type -> text/x-gateway"]}
             - proxy: {upstream: api}
@@ -301,15 +306,7 @@ def test_headers_both_ways(gateways, backends):
 def test_set_cookie_never_reaches_another_client(gateways, backends):
     """Cookies an upstream sets go to their client only; the next request carries none."""
     live = backends("live")
-    gateway = gateways(
-        gateway_config(
-            f"""
-            upstream:
-              - name: api
-                endpoints: ["{live.url}"]
-            """
-        )
-    )
+    gateway = gateways(gateway_config(one_upstream(live.url)))
     status, headers, _ = get(gateway, "/cookie")
     assert [v for k, v in headers if k == "Set-Cookie"] == [
         "session=secret-1",
@@ -405,15 +402,7 @@ def _ws_frame(payload: bytes) -> bytes:
 def test_websocket_echo_through_the_gateway(gateways, backends):
     """An Upgrade gets the backend's 101, then frames pass both ways."""
     live = backends("ws")
-    gateway = gateways(
-        gateway_config(
-            f"""
-            upstream:
-              - name: api
-                endpoints: ["{live.url}"]
-            """
-        )
-    )
+    gateway = gateways(gateway_config(one_upstream(live.url)))
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection(("127.0.0.1", gateway.port("web")), timeout=10) as s:
         s.sendall(
@@ -452,15 +441,7 @@ def test_large_download_keeps_memory_bounded(gateways, backends):
     what it was idle, and the body arrives whole with its Content-Length.
     """
     live = backends("big")
-    gateway = gateways(
-        gateway_config(
-            f"""
-            upstream:
-              - name: api
-                endpoints: ["{live.url}"]
-            """
-        )
-    )
+    gateway = gateways(gateway_config(one_upstream(live.url)))
     who(gateway)
     pid = gateway.process.pid
     idle = _rss_kib(pid)
@@ -488,6 +469,29 @@ def test_large_download_keeps_memory_bounded(gateways, backends):
         conn.close()
     print(f"gateway RSS: idle {idle} KiB, peak {peak} KiB")
     assert peak - idle < 50 * 1024, (idle, peak)
+
+
+def test_head_answers_with_the_length_of_the_get(gateways, backends):
+    """
+    HEAD through the gateway: the upstream's Content-Length, no body, and
+    the keep-alive connection carries a GET afterwards.
+    """
+    live = backends("head")
+    gateway = gateways(gateway_config(one_upstream(live.url)))
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port("web"), timeout=15)
+    try:
+        conn.request("HEAD", "/big?size=12345")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Length") == "12345"
+        assert response.getheader("Transfer-Encoding") is None
+        assert response.read() == b""
+        conn.request("GET", "/big?size=12345")
+        response = conn.getresponse()
+        assert response.getheader("Content-Length") == "12345"
+        assert len(response.read()) == 12345
+    finally:
+        conn.close()
 
 
 def test_http_and_elasticsearch_filters_share_the_engine(gateways, backends):

@@ -260,3 +260,27 @@ def test_the_client_going_away_cancels_the_upstream_request():
     assert cancelled == [True]
     assert len(agent.calls) == 1
     assert [e.in_flight for e in target.endpoints] == [0, 0, 0]
+
+
+def test_head_keeps_the_upstreams_content_length():
+    """A HEAD answer says how long the GET's body would be, as the upstream did."""
+    headers = Headers({b"Content-Length": [b"1234"], b"X-Up": [b"1"]})
+    agent = FakeAgent(lambda m, u: _succeed(FakeResponse(200, b"OK", headers, b"", 0)))
+    exchange = run(
+        upstream(agent, MemoryReactorClock()), b"HEAD /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert exchange.status == 200
+    assert exchange.header("content-length") == "1234"
+    assert exchange.header("x-up") == "1"
+    assert exchange.body == b""
+    assert agent.calls[0][0] == b"HEAD"
+
+
+def test_head_without_a_length_gets_none_invented():
+    agent = FakeAgent(lambda m, u: _succeed(FakeResponse(200, b"OK", Headers(), b"", 0)))
+    exchange = run(
+        upstream(agent, MemoryReactorClock()), b"HEAD /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert exchange.status == 200
+    assert exchange.header("content-length") is None
+    assert exchange.header("transfer-encoding") is None
