@@ -168,25 +168,8 @@ def _build(doc: Document, base_dir: str) -> GatewayConfig:
                     if "intentions" in entry
                     else None
                 ),
-                network=Network(
-                    host=host,
-                    port=port,
-                    publish=network.get("publish"),
-                    reuse_port=network.get("reuse_port", False),
-                    skip_occupied_port=network.get("skip_occupied_port", False),
-                ),
-                tls=EntryTLS(
-                    enabled=tls.get("enabled", False),
-                    cert_file=tls.get("cert_file"),
-                    key_file=tls.get("key_file"),
-                    skip_insecure_verify=tls.get("skip_insecure_verify", False),
-                    client_ca_file=tls.get("client_ca_file"),
-                    client_auth=(
-                        tls.get("client_auth", "required")
-                        if tls.get("client_ca_file")
-                        else None
-                    ),
-                ),
+                network=Network.from_section(network, host, port),
+                tls=EntryTLS.from_section(tls),
             )
         )
     routers = tuple(

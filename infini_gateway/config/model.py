@@ -48,6 +48,17 @@ class Network:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def from_section(cls, network: Mapping[str, Any], host: str, port: int) -> "Network":
+        """An entry's or the admin API's C{network:} section, its address parsed."""
+        return cls(
+            host=host,
+            port=port,
+            publish=network.get("publish"),
+            reuse_port=network.get("reuse_port", False),
+            skip_occupied_port=network.get("skip_occupied_port", False),
+        )
+
 
 @attrs.frozen
 class EntryTLS:
@@ -61,6 +72,22 @@ class EntryTLS:
     # client_auth is "required" (no certificate, no handshake) or "optional".
     client_ca_file: Optional[str] = None
     client_auth: Optional[str] = None
+
+    @classmethod
+    def from_section(cls, tls: Mapping[str, Any], clients: bool = True) -> "EntryTLS":
+        """
+        A C{tls:} section; with C{clients}, its client certificate keys too
+        (the admin API asks for none).
+        """
+        client_ca_file = tls.get("client_ca_file") if clients else None
+        return cls(
+            enabled=tls.get("enabled", False),
+            cert_file=tls.get("cert_file"),
+            key_file=tls.get("key_file"),
+            skip_insecure_verify=tls.get("skip_insecure_verify", False),
+            client_ca_file=client_ca_file,
+            client_auth=tls.get("client_auth", "required") if client_ca_file else None,
+        )
 
 
 @attrs.frozen

@@ -178,19 +178,8 @@ def build_api(section: Optional[Mapping[str, Any]]) -> ApiConfig:
     security = section.get("security") or {}
     return ApiConfig(
         enabled=section.get("enabled", True),
-        network=Network(
-            host=host,
-            port=port,
-            publish=network.get("publish"),
-            reuse_port=network.get("reuse_port", False),
-            skip_occupied_port=network.get("skip_occupied_port", False),
-        ),
-        tls=EntryTLS(
-            enabled=tls.get("enabled", False),
-            cert_file=tls.get("cert_file"),
-            key_file=tls.get("key_file"),
-            skip_insecure_verify=tls.get("skip_insecure_verify", False),
-        ),
+        network=Network.from_section(network, host, port),
+        tls=EntryTLS.from_section(tls, clients=False),
         security=ApiSecurity(
             enabled=security.get("enabled", False),
             username=security.get("username", "admin"),
