@@ -69,18 +69,22 @@ def copy_end_to_end(
     return target
 
 
+@lru_cache(maxsize=4096)
+def encoded_host(host: str) -> bytes:
+    """
+    C{host} as a URL or a Host header writes it: an IPv6 address in
+    brackets, a name IDNA-encoded (which costs more than the rest of a
+    header: once per name).
+    """
+    return (f"[{host}]" if ":" in host else host).encode("idna")
+
+
 def host_value(endpoint: EndpointState) -> bytes:
     """C{host[:port]} of an endpoint, the port left out when it is the default."""
-    return _host_value(endpoint.scheme, endpoint.host, endpoint.port)
-
-
-@lru_cache(maxsize=4096)
-def _host_value(scheme: str, host: str, port: int) -> bytes:
-    if ":" in host:
-        host = f"[{host}]"
-    if _DEFAULT_PORTS.get(scheme) != port:
-        host = f"{host}:{port}"
-    return host.encode("idna")
+    host = encoded_host(endpoint.host)
+    if _DEFAULT_PORTS.get(endpoint.scheme) != endpoint.port:
+        return b"%s:%d" % (host, endpoint.port)
+    return host
 
 
 def request_headers(

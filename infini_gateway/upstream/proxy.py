@@ -31,7 +31,6 @@ picks among unhealthy ones too, and with none available and no panic the
 answer is C{503} at once.
 """
 
-from functools import lru_cache
 from typing import IO, Any, Optional, Set, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -51,6 +50,7 @@ from infini_gateway.upstream.failures import (
     timed_out,
 )
 from infini_gateway.upstream.headers import (
+    encoded_host,
     hash_key,
     is_upgrade,
     request_headers,
@@ -118,15 +118,11 @@ def request_target(uri: bytes) -> bytes:
 
 def endpoint_base(endpoint: EndpointState) -> bytes:
     """C{scheme://host:port} of an endpoint, for the Agent."""
-    return _base(endpoint.scheme, endpoint.host, endpoint.port)
-
-
-@lru_cache(maxsize=4096)
-def _base(scheme: str, host: str, port: int) -> bytes:
-    # IDNA-encoding a name costs more than the rest of this: once per endpoint.
-    if ":" in host:
-        host = f"[{host}]"
-    return b"%s://%s:%d" % (scheme.encode("ascii"), host.encode("idna"), port)
+    return b"%s://%s:%d" % (
+        endpoint.scheme.encode("ascii"),
+        encoded_host(endpoint.host),
+        endpoint.port,
+    )
 
 
 class _Forwarder:
@@ -243,17 +239,23 @@ class _Forwarder:
             deadline.start(max(self.deadline - self.clock.seconds(), 0.001))
         return read, deadline
 
-    async def _exchange(self, endpoint: EndpointState, last: bool) -> Optional[AttemptFailure]:
-        """One attempt over the Agent; None when the answer was relayed."""
-        balancer = self.upstream.balancer
+    def _headers(self, endpoint: EndpointState, upgrade: bool = False) -> Any:
+        """The request headers of an attempt on C{endpoint}."""
         request = self.request
-        headers = request_headers(
+        return request_headers(
             request.requestHeaders,
             self.config,
             endpoint,
             self.client_ip,
             request.isSecure(),
+            upgrade=upgrade,
         )
+
+    async def _exchange(self, endpoint: EndpointState, last: bool) -> Optional[AttemptFailure]:
+        """One attempt over the Agent; None when the answer was relayed."""
+        balancer = self.upstream.balancer
+        request = self.request
+        headers = self._headers(endpoint)
         expired = []
 
         def expire(kind: str) -> None:
@@ -373,14 +375,7 @@ class _Forwarder:
         """One attempt of an upgrade; None when the answer was relayed."""
         balancer = self.upstream.balancer
         request = self.request
-        headers = request_headers(
-            request.requestHeaders,
-            self.config,
-            endpoint,
-            self.client_ip,
-            request.isSecure(),
-            upgrade=True,
-        )
+        headers = self._headers(endpoint, upgrade=True)
         body = None
         if self.body is not None:
             body, length = self.body
